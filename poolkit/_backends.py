@@ -1,0 +1,169 @@
+"""Start methods: each backend knows how to start one worker process, and nothing else.
+
+The dispatcher calls :meth:`Backend.start_worker` and gets back a ``multiprocessing``
+process object (``pid``, ``sentinel``, ``exitcode``, ``terminate``, ``kill``, ``join``,
+``close``). A start method's quirks stay in its class:
+
+- ``fork`` copies the parent, so a worker inherits every descriptor the parent had open;
+  the worker closes poolkit's parent-only descriptors first thing (see ``_transport``).
+- ``spawn`` starts a fresh interpreter that re-imports the main module as ``__mp_main__``;
+  functions defined in ``__main__`` travel by value through cloudpickle instead.
+- ``forkserver`` forks workers from a server process; poolkit adds its worker module to the
+  server's preload list so each worker starts with it already imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager as ContextManager
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import Any, Callable, ClassVar, Optional
+
+_WORKER_MODULE = "poolkit._worker"
+
+
+class Backend:
+    """Starts worker processes with one ``multiprocessing`` start method."""
+
+    name: ClassVar[str]
+
+    def __init__(self, context: BaseContext) -> None:
+        self.context = context
+
+    def start_worker(
+        self, target: Callable[..., Any], args: tuple[Any, ...], name: str
+    ) -> BaseProcess:
+        """Start a process running ``target(*args)`` and return it once it is started."""
+        # Not daemonic: tasks may start processes of their own, as under the stdlib pool.
+        process = self.context.Process(target=target, args=args, name=name)  # type: ignore[attr-defined]
+        with self._starting():
+            process.start()
+        return process  # type: ignore[no-any-return]
+
+    def _starting(self) -> ContextManager[None]:
+        return contextlib.nullcontext()
+
+
+class ForkBackend(Backend):
+    """Workers are forks of the calling process: the fastest start, no re-import."""
+
+    name = "fork"
+
+
+class SpawnBackend(Backend):
+    """Workers are fresh interpreters: the safest and slowest start."""
+
+    name = "spawn"
+
+    def _starting(self) -> ContextManager[None]:
+        return _unimportable_main_hidden()
+
+
+class ForkserverBackend(Backend):
+    """Workers are forked from a clean server process started once per parent process."""
+
+    name = "forkserver"
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        _add_forkserver_preload(_WORKER_MODULE)
+
+    def _starting(self) -> ContextManager[None]:
+        return _unimportable_main_hidden()
+
+
+_main_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _unimportable_main_hidden() -> Iterator[None]:
+    """Hide a ``__main__.__file__`` that names no file while a process starts.
+
+    ``python - < script`` sets it to ``"<stdin>"``; multiprocessing would make the worker
+    run that "file" and fail. Functions from such a ``__main__`` travel by value
+    (cloudpickle), so the worker does not need it.
+    """
+    with _main_lock:
+        main = sys.modules.get("__main__")
+        path = getattr(main, "__file__", None)
+        spec = getattr(main, "__spec__", None)
+        if main is None or path is None or spec is not None or os.path.exists(path):
+            yield
+            return
+        del main.__file__
+        try:
+            yield
+        finally:
+            main.__file__ = path
+
+
+def _add_forkserver_preload(module: str) -> None:
+    # The preload list belongs to the process-wide fork server and only matters before the
+    # server starts; keep whatever the user (or the stdlib default, "__main__") put there.
+    server = multiprocessing.forkserver._forkserver
+    current = list(getattr(server, "_preload_modules", ["__main__"]))
+    if module not in current and getattr(server, "_forkserver_pid", None) is None:
+        multiprocessing.forkserver.set_forkserver_preload([*current, module])
+
+
+_BACKENDS: dict[str, type[Backend]] = {
+    cls.name: cls for cls in (ForkserverBackend, SpawnBackend, ForkBackend)
+}
+
+
+def start_methods() -> list[str]:
+    """The start methods this platform offers, the default first.
+
+    Example: ``['forkserver', 'spawn', 'fork']`` on Linux.
+    """
+    available = set(multiprocessing.get_all_start_methods())
+    return [name for name in _BACKENDS if name in available]
+
+
+def default_start_method() -> str:
+    """``forkserver`` where it exists, else ``spawn``: never ``fork`` by default.
+
+    Forking a process that runs threads can deadlock the child; Python 3.14 made the same
+    choice for its default.
+    """
+    return start_methods()[0]
+
+
+def resolve_backend(start_method: Optional[str], mp_context: Optional[BaseContext]) -> Backend:
+    """Pick the backend for an executor's ``start_method`` and ``mp_context`` arguments.
+
+    Raises:
+        ValueError: the method is unknown or unavailable here (the message lists the
+            available ones), or ``start_method`` and ``mp_context`` disagree.
+        TypeError: ``start_method`` is not a string, or ``mp_context`` is not a context.
+    """
+    if start_method is not None and not isinstance(start_method, str):
+        raise TypeError(f"start_method must be a string or None, got {type(start_method).__name__}")
+    context_method: Optional[str] = None
+    if mp_context is not None:
+        getter = getattr(mp_context, "get_start_method", None)
+        if getter is None:
+            raise TypeError(
+                f"mp_context must be a multiprocessing context, got {type(mp_context).__name__}"
+            )
+        context_method = getter(allow_none=False)
+    if start_method is not None and context_method is not None and start_method != context_method:
+        raise ValueError(
+            f"start_method={start_method!r} disagrees with mp_context, whose start method is "
+            f"{context_method!r}; give one of them, or the same method in both"
+        )
+    method = start_method or context_method or default_start_method()
+    if method not in start_methods():
+        raise ValueError(
+            f"unknown or unavailable start method {method!r}; "
+            f"available here: {', '.join(start_methods())}"
+        )
+    context = mp_context if mp_context is not None else multiprocessing.get_context(method)
+    return _BACKENDS[method](context)

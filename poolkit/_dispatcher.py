@@ -1,0 +1,657 @@
+"""The parent's event loop: one thread per executor that owns the workers and the tasks.
+
+::
+
+    caller threads            dispatcher thread (this module)              worker processes
+    submit() / map()   ──►  pending ──► assign ──► inbox k (pipe) ──────► worker loop:
+      pickle the task          ▲          (batches)                        run, reply
+      (cloudpickle)            │                                              │
+                               └── collect ◄── outbox k (pipe) ◄─────────────┘
+         wakes on: new task (wakeup pipe), a message, a pipe ready to write,
+                   a worker's death (process sentinel), a grace deadline
+
+**submit** runs in the caller's thread. It pickles the function and arguments there, so a
+task that cannot be pickled fails its own future and never reaches this thread, then appends
+the task to ``pending`` and wakes the dispatcher through a pipe.
+
+**The dispatcher** waits on every worker's outbox, every worker's process sentinel and the
+wakeup pipe with one ``selectors`` call. It assigns pending tasks to workers with room
+(several tasks travel in one frame when tasks are short), writes with non-blocking I/O so it
+never blocks on a full pipe, resolves futures from worker messages, and on a worker's death
+fails the one task that worker was running, requeues the tasks it held but had not started,
+and starts a replacement. Shutdown waits until every task is done, then closes the inboxes.
+
+**A worker** (``_worker``) reads a batch from its inbox, marks each task as running in a
+shared slot, runs it and writes the outcome to its outbox. The slot is what lets the
+dispatcher tell "died while running task 7" from "died with task 7 still waiting".
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import selectors
+import signal
+import threading
+import time
+import weakref
+from concurrent.futures import Future
+from multiprocessing.process import BaseProcess
+from typing import Any, Callable, Optional
+
+from . import _serialization as serialization
+from ._backends import Backend
+from ._errors import (
+    BrokenProcessPool,
+    DeserializationError,
+    RemoteTraceback,
+    WorkerCrashedError,
+    describe_exit,
+)
+from ._messages import MessageKind, WorkerMessage, batch_prefix, decode_message
+from ._transport import WorkerChannel, register_parent_fd, unregister_parent_fd
+from ._worker import worker_main
+
+logger = logging.getLogger(__name__)
+
+#: After the inboxes close, how long a worker may take to exit before it is terminated.
+EXIT_GRACE_SECONDS = 10.0
+#: After SIGTERM, how long before SIGKILL.
+TERMINATE_GRACE_SECONDS = 2.0
+#: Tasks a worker may hold (running + prefetched) while task durations are unknown or long.
+MIN_IN_FLIGHT = 2
+MAX_IN_FLIGHT = 256
+#: Prefetch enough short tasks to keep a worker busy for about this long.
+PREFETCH_SECONDS = 0.002
+
+
+class TaskState:
+    """The parent's record of one submitted task, until its future is resolved."""
+
+    __slots__ = ("fn_name", "future", "parts", "started", "task_id")
+
+    def __init__(
+        self, task_id: int, future: Future[Any], parts: tuple[bytes, ...], fn_name: str
+    ) -> None:
+        self.task_id = task_id
+        self.future = future
+        self.parts = parts  # encoded record, kept until resolved in case it must be resent
+        self.fn_name = fn_name
+        self.started = False  # set_running_or_notify_cancel() has been called
+
+
+class WorkerHandle:
+    """The parent's record of one worker process."""
+
+    __slots__ = (
+        "assigned",
+        "budget",
+        "channel",
+        "closing",
+        "pid",
+        "process",
+        "reading",
+        "ready",
+        "replaced",
+        "running",
+        "writing",
+    )
+
+    def __init__(
+        self, process: BaseProcess, channel: WorkerChannel, running: Any, budget: Optional[int]
+    ) -> None:
+        self.process = process
+        self.pid: int = process.pid  # type: ignore[assignment]
+        self.channel = channel
+        self.running = running  # shared slot: id of the task the worker runs, 0 when idle
+        self.assigned: collections.deque[TaskState] = collections.deque()
+        self.budget = budget  # tasks it may still be given (max_tasks_per_child), or None
+        self.ready = False  # the initializer ran
+        self.replaced = False  # a successor was already started
+        self.closing = False  # its inbox is closed: it takes no more tasks
+        self.writing = False  # its inbox is registered for write readiness
+        self.reading = True  # its outbox is registered (until end-of-file)
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and not self.closing and self.budget != 0
+
+
+class Dispatcher:
+    """Owns one executor's workers and in-flight tasks; see the module docstring."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        max_workers: int,
+        config_blob: bytes,
+        max_tasks_per_child: Optional[int],
+    ) -> None:
+        self._backend = backend
+        self._max_workers = max_workers
+        self._config_blob = config_blob
+        self._max_tasks_per_child = max_tasks_per_child
+        #: Tasks not yet assigned. Callers append; the dispatcher pops and may requeue left.
+        self.pending: collections.deque[TaskState] = collections.deque()
+        self._workers: dict[int, WorkerHandle] = {}
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+            register_parent_fd(fd)
+        register_parent_fd(self._selector.fileno())
+        self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
+        self._wake_signalled = False
+        self._thread: Optional[threading.Thread] = None
+        # Requests from other threads; read by the dispatcher thread after a wakeup.
+        self._stop_requested = False
+        self._force_signal: Optional[signal.Signals] = None
+        self._force_done = threading.Event()
+        # Dispatcher-thread state.
+        self._stopping = False  # inboxes closed, or workers signalled: no more assignments
+        self._forced_by: Optional[str] = None
+        self.broken: Optional[BaseException] = None  # why the pool cannot go on
+        self._grace_deadline: Optional[float] = None
+        self._grace_step = 0
+        self._task_seconds: Optional[float] = None  # moving average of task run time
+
+    # ------------------------------------------------------------------ caller side
+
+    def start(self, executor: object) -> None:
+        """Start every worker, then the dispatcher thread (so ``fork`` forks no thread)."""
+        try:
+            for _ in range(self._max_workers):
+                self._start_worker()
+        except BaseException:
+            for worker in list(self._workers.values()):
+                worker.process.kill()
+                worker.process.join()
+                self._release(worker)
+            self._close_fds()
+            raise
+        self._executor_ref = weakref.ref(executor, lambda _: self.request_stop())
+        self._thread = threading.Thread(target=self._run, name="poolkit-dispatcher")
+        # Joined by the interpreter-exit hook before threads are joined; see _executor.
+        self._thread.daemon = not hasattr(threading, "_register_atexit")
+        self._thread.start()
+
+    def submit(self, task: TaskState) -> None:
+        """Queue a task (any thread)."""
+        self.pending.append(task)
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the dispatcher look at its requests and queue (any thread)."""
+        # One byte in the pipe is enough however many callers wake it; the flag is cleared
+        # by the dispatcher before it drains the queue, so no wakeup is ever missed.
+        if not self._wake_signalled:
+            self._wake_signalled = True
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass  # full (already awake) or closed (dispatcher gone)
+
+    def request_stop(self) -> None:
+        """Finish every pending task, then stop the workers (any thread)."""
+        self._stop_requested = True
+        self.wake()
+
+    def cancel_pending(self) -> None:
+        """Cancel every queued task that has not started (any thread)."""
+        kept = []
+        while True:
+            try:
+                task = self.pending.popleft()
+            except IndexError:
+                break
+            if task.started or not task.future.cancel():
+                kept.append(task)
+        self.pending.extendleft(reversed(kept))
+
+    def force_stop(self, signum: signal.Signals) -> None:
+        """Signal every worker now; running tasks fail (any thread)."""
+        self._stop_requested = True
+        self._force_signal = signum
+        self.wake()
+        if not self.in_dispatcher_thread() and self._thread is not None and self._thread.is_alive():
+            self._force_done.wait(5.0)
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        """Wait for the dispatcher thread to finish (not from inside it)."""
+        if self._thread is not None and not self.in_dispatcher_thread():
+            self._thread.join(timeout)
+
+    def in_dispatcher_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ------------------------------------------------------------- the event loop
+
+    def _run(self) -> None:
+        try:
+            while self._workers or not self._stopping:
+                self._handle_requests()
+                self._assign()
+                self._maybe_begin_stop()
+                if self._stopping and not self._workers:
+                    break
+                for key, mask in self._selector.select(self._select_timeout()):
+                    key.data(mask)
+                self._on_grace_deadline()
+        except BaseException as exc:  # a bug here must not leave futures unresolved
+            logger.exception("poolkit dispatcher failed")
+            error = BrokenProcessPool(f"the poolkit dispatcher failed: {exc!r}")
+            error.__cause__ = exc
+            self._break(error)
+            for worker in list(self._workers.values()):
+                _signal(worker.process, signal.SIGKILL)
+                worker.process.join()
+                self._release(worker)
+        finally:
+            self._fail_leftovers()
+            self._force_done.set()
+            self._close_fds()
+
+    def _on_wakeup(self, mask: int) -> None:
+        self._wake_signalled = False
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_requests(self) -> None:
+        signum = self._force_signal
+        if signum is not None and self._forced_by is None:
+            self._forced_by = (
+                "Executor.kill_workers()"
+                if signum == signal.SIGKILL
+                else "Executor.terminate_workers()"
+            )
+            self._signal_all(signum)
+            self._force_done.set()
+
+    def _select_timeout(self) -> Optional[float]:
+        if self._grace_deadline is None:
+            return None
+        return max(0.0, self._grace_deadline - time.monotonic())
+
+    # -------------------------------------------------------------- assignment
+
+    def _in_flight_limit(self) -> int:
+        seconds = self._task_seconds
+        if seconds is None:
+            return MIN_IN_FLIGHT
+        if seconds <= 0:
+            return MAX_IN_FLIGHT
+        return max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, int(PREFETCH_SECONDS / seconds)))
+
+    def _assign(self) -> None:
+        """Give pending tasks to workers with room, several per frame when tasks are short."""
+        pending = self.pending
+        if not pending or self._stopping:
+            return
+        candidates = [w for w in self._workers.values() if w.accepting]
+        if not candidates:
+            return
+        limit = self._in_flight_limit()
+        candidates.sort(key=lambda w: len(w.assigned))
+        for index, worker in enumerate(candidates):
+            held = len(worker.assigned)
+            # Top up a worker only once it has drained to half its limit: fewer, fuller frames.
+            if held >= limit or (held and held > limit // 2):
+                continue
+            share = -(-len(pending) // (len(candidates) - index))  # spread small queues out
+            room = min(limit - held, share)
+            if worker.budget is not None:
+                room = min(room, worker.budget)
+            batch = self._take(room)
+            if batch:
+                self._send(worker, batch)
+            if not pending:
+                return
+
+    def _take(self, count: int) -> list[TaskState]:
+        batch: list[TaskState] = []
+        pending = self.pending
+        while len(batch) < count:
+            try:
+                task = pending.popleft()
+            except IndexError:
+                break
+            if not task.started:
+                if not task.future.set_running_or_notify_cancel():
+                    continue  # cancelled by the caller while it waited
+                task.started = True
+            batch.append(task)
+        return batch
+
+    def _send(self, worker: WorkerHandle, batch: list[TaskState]) -> None:
+        parts = [batch_prefix(len(batch))]
+        for task in batch:
+            parts.extend(task.parts)
+        worker.assigned.extend(batch)
+        if worker.budget is not None:
+            worker.budget -= len(batch)
+            if worker.budget == 0 and not self._stop_requested:
+                # Start the successor now, so the pool never waits for the exit.
+                worker.replaced = True
+                self._start_worker_or_break()
+        writer = worker.channel.writer
+        assert writer is not None
+        writer.queue_frame(parts)
+        self._flush(worker)
+
+    def _flush(self, worker: WorkerHandle) -> None:
+        writer = worker.channel.writer
+        if writer is None:
+            return
+        try:
+            done = writer.flush()
+        except BrokenPipeError:
+            writer.discard()  # the worker died; its sentinel brings us to _on_worker_exit
+            done = True
+        if done and worker.writing:
+            self._selector.unregister(writer.fd)
+            worker.writing = False
+        elif not done and not worker.writing:
+            self._selector.register(
+                writer.fd, selectors.EVENT_WRITE, lambda _m: self._flush(worker)
+            )
+            worker.writing = True
+
+    # -------------------------------------------------------------- collection
+
+    def _on_readable(self, worker: WorkerHandle, mask: int) -> None:
+        if not worker.reading:
+            return
+        frames, at_eof = worker.channel.reader.read_frames()
+        for frame in frames:
+            self._on_message(worker, decode_message(frame))
+        if at_eof:
+            # The worker closed its end: it is exiting; its sentinel reports when it is gone.
+            self._selector.unregister(worker.channel.outbox_fd)
+            worker.reading = False
+
+    def _on_message(self, worker: WorkerHandle, message: WorkerMessage) -> None:
+        if message.kind is MessageKind.READY:
+            worker.ready = True
+            return
+        if message.kind is MessageKind.INIT_FAILED:
+            self._on_initializer_failure(worker, message)
+            return
+        task = worker.assigned.popleft()
+        if task.task_id != message.task_id:
+            raise RuntimeError(
+                f"worker {worker.pid} answered task {message.task_id}, expected {task.task_id}"
+            )
+        previous = self._task_seconds
+        self._task_seconds = (
+            message.duration if previous is None else 0.8 * previous + 0.2 * message.duration
+        )
+        _resolve(task, message, worker.pid)
+
+    def _on_initializer_failure(self, worker: WorkerHandle, message: WorkerMessage) -> None:
+        cause = _rebuild_exception(message, "the initializer's exception")
+        error = BrokenProcessPool(
+            f"the initializer failed in worker {worker.pid} "
+            f"({type(cause).__name__}: {cause}); the pool cannot start workers"
+        )
+        error.__cause__ = cause
+        self._break(error)
+
+    # ------------------------------------------------------------- worker deaths
+
+    def _on_worker_exit(self, worker: WorkerHandle, mask: int) -> None:
+        self._on_readable(worker, mask)  # results written before it died still count
+        worker.process.join(1.0)
+        exitcode = worker.process.exitcode
+        crashed_id = worker.running.value
+        self._release(worker)
+        if not worker.ready and self.broken is None and not self._stopping:
+            self._break(
+                BrokenProcessPool(
+                    f"worker {worker.pid} {describe_exit(exitcode)} while starting up "
+                    "(in the initializer, or before it; its stderr says why); the pool cannot "
+                    "start workers. Under spawn and forkserver, a script must create the "
+                    "executor under `if __name__ == '__main__':`"
+                )
+            )
+        requeue = []
+        blamed = 0
+        for task in worker.assigned:
+            if task.task_id == crashed_id:
+                blamed += 1
+                _fail(task, self._crash_error(worker, exitcode, task))
+            elif self.broken is not None or self._forced_by is not None:
+                _fail(task, self._not_run_error())
+            else:
+                requeue.append(task)  # taken but not started: another worker runs it
+        self.pending.extendleft(reversed(requeue))
+        if (requeue or blamed) and self._forced_by is None:
+            logger.warning(
+                "poolkit worker %d %s; %d task(s) requeued",
+                worker.pid,
+                describe_exit(exitcode),
+                len(requeue),
+            )
+        if not (worker.replaced or self._stopping or self.broken is not None):
+            self._start_worker_or_break()
+
+    def _crash_error(
+        self, worker: WorkerHandle, exitcode: Optional[int], task: TaskState
+    ) -> WorkerCrashedError:
+        how = describe_exit(exitcode)
+        if self._forced_by is not None:
+            how = f"{how} by {self._forced_by}"
+        return WorkerCrashedError(
+            f"worker process {worker.pid} {how} while running {task.fn_name}()",
+            pid=worker.pid,
+            exitcode=exitcode,
+            fn_name=task.fn_name,
+        )
+
+    def _not_run_error(self) -> BrokenProcessPool:
+        if self.broken is not None:
+            error = BrokenProcessPool(f"the task did not run: {self.broken}")
+            error.__cause__ = self.broken.__cause__
+            return error
+        if self._forced_by is not None:
+            return BrokenProcessPool(
+                f"the task did not run: the workers were stopped by {self._forced_by}"
+            )
+        return BrokenProcessPool("the task did not run: the executor stopped first")
+
+    # ------------------------------------------------------------------ workers
+
+    def _start_worker(self) -> WorkerHandle:
+        channel = WorkerChannel(self._backend.context)
+        running = self._backend.context.RawValue("Q", 0)
+        try:
+            process = self._backend.start_worker(
+                worker_main,
+                (channel.worker_inbox, channel.worker_outbox, running, self._config_blob),
+                name=f"poolkit-worker-{self._backend.name}",
+            )
+        except BaseException:
+            channel.close()
+            raise
+        channel.release_worker_ends()
+        worker = WorkerHandle(process, channel, running, self._max_tasks_per_child)
+        self._workers[worker.pid] = worker
+        self._selector.register(
+            channel.outbox_fd, selectors.EVENT_READ, lambda m: self._on_readable(worker, m)
+        )
+        self._selector.register(
+            process.sentinel, selectors.EVENT_READ, lambda m: self._on_worker_exit(worker, m)
+        )
+        return worker
+
+    def _start_worker_or_break(self) -> None:
+        try:
+            self._start_worker()
+        except Exception as exc:
+            error = BrokenProcessPool(f"could not start a replacement worker: {exc!r}")
+            error.__cause__ = exc
+            self._break(error)
+
+    def _release(self, worker: WorkerHandle) -> None:
+        """Forget a dead worker and close everything the parent held for it."""
+        self._workers.pop(worker.pid, None)
+        if worker.reading:
+            self._selector.unregister(worker.channel.outbox_fd)
+            worker.reading = False
+        try:
+            self._selector.unregister(worker.process.sentinel)
+        except KeyError:
+            pass  # never registered: the worker failed during start()
+        if worker.writing and worker.channel.writer is not None:
+            self._selector.unregister(worker.channel.writer.fd)
+            worker.writing = False
+        worker.channel.close()
+        try:
+            worker.process.close()
+        except ValueError:
+            pass  # still running: only after a failed kill; the sentinel stays open
+
+    def _signal_all(self, signum: signal.Signals) -> None:
+        self._stopping = True
+        for worker in self._workers.values():
+            worker.closing = True
+            _signal(worker.process, signum)
+        self._grace_deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        self._grace_step = 1 if signum != signal.SIGKILL else 2
+
+    # ------------------------------------------------------------------ stopping
+
+    def _maybe_begin_stop(self) -> None:
+        """Once asked to stop and every task is done, close the inboxes."""
+        if self._stopping or not self._stop_requested:
+            return
+        if self.pending or any(w.assigned for w in self._workers.values()):
+            return
+        self._stopping = True
+        for worker in self._workers.values():
+            worker.closing = True
+            worker.channel.close_inbox()  # end-of-file: the worker exits by itself
+        self._grace_deadline = time.monotonic() + EXIT_GRACE_SECONDS
+        self._grace_step = 0
+
+    def _on_grace_deadline(self) -> None:
+        """Escalate on workers that outlive their grace period: SIGTERM, then SIGKILL."""
+        if self._grace_deadline is None or time.monotonic() < self._grace_deadline:
+            return
+        if not self._workers:
+            self._grace_deadline = None
+            return
+        signum = signal.SIGTERM if self._grace_step == 0 else signal.SIGKILL
+        for worker in self._workers.values():
+            logger.warning(
+                "poolkit worker %d did not exit in time; sending %s", worker.pid, signum.name
+            )
+            _signal(worker.process, signum)
+        self._grace_step += 1
+        self._grace_deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+
+    def _break(self, error: BaseException) -> None:
+        """The pool cannot go on: fail every task, stop every worker."""
+        if self.broken is not None:
+            return
+        self.broken = error
+        self._stop_requested = True
+        for worker in list(self._workers.values()):
+            while worker.assigned:
+                _fail(worker.assigned.popleft(), self._not_run_error())
+        self._fail_pending()
+        self._signal_all(signal.SIGTERM)
+
+    def _fail_pending(self) -> None:
+        while True:
+            try:
+                task = self.pending.popleft()
+            except IndexError:
+                return
+            _fail(task, self._not_run_error())
+
+    def _fail_leftovers(self) -> None:
+        # Every future resolves: anything still queued when the loop ends gets an error.
+        self._fail_pending()
+        for worker in self._workers.values():
+            while worker.assigned:
+                _fail(worker.assigned.popleft(), self._not_run_error())
+
+    def _close_fds(self) -> None:
+        for fd in (self._wake_r, self._wake_w, self._selector.fileno()):
+            unregister_parent_fd(fd)
+        self._selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------- future resolution
+
+
+def _resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:
+    if message.kind is MessageKind.RESULT:
+        try:
+            value = serialization.loads(message.payload)
+        except BaseException as exc:  # SystemExit too: it must not end the dispatcher
+            error = DeserializationError(
+                f"the result of {task.fn_name}() from worker {pid} could not be unpickled: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            _fail(task, error)
+            return
+        _set(task, lambda f: f.set_result(value))
+    else:
+        _fail(task, _rebuild_exception(message, f"the exception raised by {task.fn_name}()"))
+
+
+def _rebuild_exception(message: WorkerMessage, what: str) -> BaseException:
+    """The exception a worker sent, with the worker's traceback as its ``__cause__``."""
+    remote = RemoteTraceback(message.traceback)
+    exc: BaseException
+    try:
+        exc = serialization.loads(message.payload)
+        if not isinstance(exc, BaseException):
+            raise TypeError(f"expected an exception, got {type(exc).__name__}")
+    except BaseException as unpickling_error:
+        exc = DeserializationError(
+            f"{what} could not be unpickled: {type(unpickling_error).__name__}: {unpickling_error}"
+        )
+    exc.__cause__ = remote
+    return exc
+
+
+def _fail(task: TaskState, error: BaseException) -> None:
+    _set(task, lambda f: f.set_exception(error))
+
+
+def _set(task: TaskState, action: Callable[[Future[Any]], None]) -> None:
+    task.parts = ()
+    future = task.future
+    if not task.started and not future.set_running_or_notify_cancel():
+        return  # cancelled while pending
+    task.started = True
+    try:
+        action(future)
+    except Exception:  # InvalidStateError: already resolved; never let it stop the loop
+        logger.debug("future of task %d was already resolved", task.task_id)
+
+
+def _signal(process: BaseProcess, signum: signal.Signals) -> None:
+    pid = process.pid
+    if pid is None or process.exitcode is not None:
+        return
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass

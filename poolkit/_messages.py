@@ -1,0 +1,142 @@
+"""The messages exchanged between the parent and a worker, and their wire format.
+
+Each direction of a worker's channel is a pipe carrying frames in the format of
+``multiprocessing.connection.Connection.send_bytes`` (a signed 4-byte big-endian length, or
+``-1`` followed by an 8-byte length for frames over 2 GiB). The worker uses an ordinary
+``Connection``; the parent reads and writes the same frames with non-blocking I/O
+(see ``_transport``).
+
+Parent -> worker: one frame is a *task batch*: a count, then for each task a fixed header
+(:data:`TASK_HEADER`) followed by the pickled function and the pickled arguments. The blobs
+are pickled in the submitting thread; the dispatcher only frames them, without copying.
+
+Worker -> parent: one frame is one :class:`WorkerMessage`: a fixed header
+(:data:`MESSAGE_HEADER`), an optional UTF-8 traceback, and a pickled payload.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import NamedTuple, Union
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+class TaskKind(enum.IntEnum):
+    """What the worker does with a task's arguments."""
+
+    CALL = 1  #: args blob is ``(args, kwargs)``: call ``fn(*args, **kwargs)`` once.
+    CHUNK = 2  #: args blob is a list of argument tuples: return ``[fn(*a) for a in chunk]``.
+
+
+class MessageKind(enum.IntEnum):
+    """What a worker tells the parent."""
+
+    READY = 1  #: the initializer ran; the worker takes tasks. ``task_id`` holds its pid.
+    RESULT = 2  #: a task returned; the payload is its pickled return value.
+    ERROR = 3  #: a task raised; the payload is the pickled exception, plus its traceback.
+    INIT_FAILED = 4  #: the initializer raised; the payload is the pickled exception.
+
+
+class TaskRecord(NamedTuple):
+    """One task as the worker receives it."""
+
+    task_id: int
+    kind: TaskKind
+    fn_blob: Buffer
+    args_blob: Buffer
+
+
+class WorkerMessage(NamedTuple):
+    """One message from a worker."""
+
+    kind: MessageKind
+    task_id: int
+    duration: float  #: seconds the task ran in the worker (0 for non-task messages)
+    traceback: str  #: formatted traceback text for ERROR and INIT_FAILED, else ""
+    payload: Buffer
+
+
+#: task id, kind, length of the function blob, length of the arguments blob
+TASK_HEADER = struct.Struct("!QBQQ")
+#: number of tasks in a batch
+BATCH_HEADER = struct.Struct("!I")
+#: kind, task id, duration, length of the traceback text
+MESSAGE_HEADER = struct.Struct("!BQdI")
+
+_SMALL_FRAME = struct.Struct("!i")
+_LARGE_FRAME = struct.Struct("!iQ")
+_MAX_SMALL_FRAME = 0x7FFFFFFF
+
+
+def frame_header(length: int) -> bytes:
+    """The length prefix ``Connection.recv_bytes`` expects before a frame of ``length`` bytes."""
+    if length > _MAX_SMALL_FRAME:
+        return _LARGE_FRAME.pack(-1, length)
+    return _SMALL_FRAME.pack(length)
+
+
+def parse_frame_header(buf: Buffer) -> tuple[int, int] | None:
+    """Return ``(header_size, body_size)`` from the start of ``buf``, or None if incomplete."""
+    if len(buf) < 4:
+        return None
+    (size,) = _SMALL_FRAME.unpack_from(buf)
+    if size >= 0:
+        return 4, size
+    if len(buf) < 12:
+        return None
+    _, size = _LARGE_FRAME.unpack_from(buf)
+    return 12, size
+
+
+def encode_task(
+    task_id: int, kind: TaskKind, fn_blob: bytes, args_blob: bytes
+) -> tuple[bytes, ...]:
+    """The parts of one task record; the dispatcher writes them without joining them."""
+    header = TASK_HEADER.pack(task_id, kind, len(fn_blob), len(args_blob))
+    return (header, fn_blob, args_blob)
+
+
+def batch_prefix(count: int) -> bytes:
+    """The bytes that open a batch of ``count`` task records."""
+    return BATCH_HEADER.pack(count)
+
+
+def decode_batch(frame: Buffer) -> list[TaskRecord]:
+    """Split a task-batch frame into records; the blobs are views into ``frame``."""
+    view = memoryview(frame)
+    (count,) = BATCH_HEADER.unpack_from(view)
+    offset = BATCH_HEADER.size
+    records = []
+    for _ in range(count):
+        task_id, kind, fn_len, args_len = TASK_HEADER.unpack_from(view, offset)
+        offset += TASK_HEADER.size
+        fn_blob = view[offset : offset + fn_len]
+        offset += fn_len
+        args_blob = view[offset : offset + args_len]
+        offset += args_len
+        records.append(TaskRecord(task_id, TaskKind(kind), fn_blob, args_blob))
+    return records
+
+
+def encode_message(
+    kind: MessageKind,
+    task_id: int,
+    payload: bytes,
+    *,
+    duration: float = 0.0,
+    traceback: str = "",
+) -> bytes:
+    """One worker message as a frame body."""
+    tb = traceback.encode("utf-8", "replace")
+    return b"".join((MESSAGE_HEADER.pack(kind, task_id, duration, len(tb)), tb, payload))
+
+
+def decode_message(frame: Buffer) -> WorkerMessage:
+    """Parse a worker message; the payload is a view into ``frame``."""
+    view = memoryview(frame)
+    kind, task_id, duration, tb_len = MESSAGE_HEADER.unpack_from(view)
+    start = MESSAGE_HEADER.size
+    tb = bytes(view[start : start + tb_len]).decode("utf-8", "replace")
+    return WorkerMessage(MessageKind(kind), task_id, duration, tb, view[start + tb_len :])

@@ -1,0 +1,88 @@
+"""Serialization: cloudpickle's reach at the C pickler's speed, and remote tracebacks.
+
+``dumps`` first tries the C pickler. It falls back to cloudpickle when the C pickler
+refuses the object (lambdas, closures, local classes) or when its output names ``__main__``:
+a reference to ``__main__.f`` cannot be resolved in a worker that runs another ``__main__``
+(``python -c``, a REPL, a notebook), so such objects travel by value. Plain data therefore
+never pays for cloudpickle's Python-level reducer hooks.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+import types
+from typing import Any, Callable
+
+import cloudpickle
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+_MAIN_MARKER = b"__main__"
+
+
+def _pickle_by_value_modules_registered() -> bool:
+    # cloudpickle.register_pickle_by_value() asks for whole modules to travel by value;
+    # the C pickler would ship them by reference, so honour the registration.
+    registry = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
+    return bool(registry)
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` for another process; raises what the pickler raises on failure."""
+    if not _pickle_by_value_modules_registered():
+        try:
+            data = pickle.dumps(obj, PROTOCOL)
+        except Exception:
+            pass  # cloudpickle may succeed where the C pickler cannot; it reports if not
+        else:
+            if _MAIN_MARKER not in data:
+                return data
+    by_value: bytes = cloudpickle.dumps(obj, PROTOCOL)
+    return by_value
+
+
+def is_reference(obj: Any, blob: bytes) -> bool:
+    """True if ``blob`` is a by-reference pickle of a function or class (safe to reuse)."""
+    kinds = (types.FunctionType, types.BuiltinFunctionType, type)
+    return isinstance(obj, kinds) and b"cloudpickle" not in blob
+
+
+def loads(data: Any) -> Any:
+    """Unpickle bytes produced by :func:`dumps` (any bytes-like object)."""
+    return pickle.loads(data)
+
+
+def callable_name(fn: Callable[..., Any]) -> str:
+    """A readable name for ``fn`` in error messages: ``module.qualname`` where it has one."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        inner = getattr(fn, "func", None)  # functools.partial
+        if inner is not None and inner is not fn:
+            return f"partial({callable_name(inner)})"
+        return repr(fn)
+    module = getattr(fn, "__module__", None)
+    if module and module not in ("builtins", "__main__", "__mp_main__"):
+        return f"{module}.{name}"
+    return str(name)
+
+
+def explain_unpicklable(
+    fn_name: str, args: tuple[Any, ...], kwargs: dict[str, Any], error: BaseException
+) -> str:
+    """Name the argument of a task that cannot be pickled, for the future's error message."""
+    for position, value in enumerate(args):
+        try:
+            dumps(value)
+        except Exception as exc:
+            return f"cannot pickle argument {position} of {fn_name}(): {value!r}: {exc}"
+    for key, value in kwargs.items():
+        try:
+            dumps(value)
+        except Exception as exc:
+            return f"cannot pickle keyword argument {key!r} of {fn_name}(): {value!r}: {exc}"
+    return f"cannot pickle task {fn_name}(): {error}"
+
+
+def format_exception(exc: BaseException) -> str:
+    """The full formatted traceback of ``exc``, chained causes included."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

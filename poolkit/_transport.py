@@ -1,0 +1,219 @@
+"""A worker's two pipes, and the parent's non-blocking reading and writing of frames on them.
+
+Each worker owns one inbox (parent -> worker) and one outbox (worker -> parent). The worker
+sees ordinary blocking ``multiprocessing`` Connections. The parent's ends are non-blocking:
+the dispatcher thread queues outgoing frames and writes what the pipe accepts, and reads
+whatever has arrived, so it never blocks on either direction. That is what lets a 50 MB
+task and a 50 MB result cross at the same time without the full-pipe deadlock (parent blocked
+writing a task while the worker is blocked writing a result).
+
+Parent-only descriptors are recorded in a process-wide registry so that a worker started by
+``fork`` can close the copies it inherits: a forked worker that kept another worker's inbox
+open would stop that worker from ever seeing end-of-file when the parent dies.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import os
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from typing import Optional
+
+from ._messages import Buffer, frame_header, parse_frame_header
+
+# Frames bigger than this are read straight into a buffer of their final size.
+_DIRECT_READ_THRESHOLD = 1 << 20
+_READ_CHUNK = 1 << 16
+# Linux lets an unprivileged process grow a pipe to 1 MiB; fewer, larger writes for payloads.
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_PIPE_SIZE = 1 << 20
+
+# fd -> (device, inode) of what it referred to when registered.
+_parent_only_fds: dict[int, tuple[int, int]] = {}
+
+
+def register_parent_fd(fd: int) -> None:
+    """Record a descriptor that no worker process may keep open."""
+    st = os.fstat(fd)
+    _parent_only_fds[fd] = (st.st_dev, st.st_ino)
+
+
+def unregister_parent_fd(fd: int) -> None:
+    """Forget a descriptor; call before closing it, so the number is never closed twice."""
+    _parent_only_fds.pop(fd, None)
+
+
+def close_inherited_parent_fds() -> None:
+    """In a freshly forked worker: close the parent-only descriptors it inherited.
+
+    A number is closed only if it still refers to the pipe it was registered for: objects
+    freed while the child is set up may already have closed it, and the number reused.
+    """
+    for fd, identity in list(_parent_only_fds.items()):
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == identity:
+                os.close(fd)
+        except OSError:
+            pass
+    _parent_only_fds.clear()
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+    except OSError:
+        pass  # over the system limit (/proc/sys/fs/pipe-max-size): the default size works
+
+
+class FrameReader:
+    """Collects complete frames from a non-blocking pipe as data arrives."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = bytearray()
+        self._body: Optional[bytearray] = None
+        self._filled = 0
+
+    def read_frames(self) -> tuple[list[Buffer], bool]:
+        """Read everything available now. Returns ``(frames, at_eof)``."""
+        frames: list[Buffer] = []
+        while True:
+            if self._body is not None:
+                try:
+                    count = os.readv(self.fd, [memoryview(self._body)[self._filled :]])
+                except BlockingIOError:
+                    return frames, False
+                if count == 0:
+                    return frames, True
+                self._filled += count
+                if self._filled == len(self._body):
+                    frames.append(self._body)
+                    self._body = None
+                continue
+            try:
+                chunk = os.read(self.fd, _READ_CHUNK)
+            except BlockingIOError:
+                return frames, False
+            if not chunk:
+                return frames, True
+            self._buffer += chunk
+            self._split(frames)
+
+    def _split(self, frames: list[Buffer]) -> None:
+        buf = self._buffer
+        while True:
+            parsed = parse_frame_header(buf)
+            if parsed is None:
+                return
+            header_size, body_size = parsed
+            end = header_size + body_size
+            if len(buf) >= end:
+                frames.append(bytes(buf[header_size:end]))
+                del buf[:end]
+                continue
+            if body_size >= _DIRECT_READ_THRESHOLD:
+                # Read the rest of a large frame in place instead of growing the buffer.
+                body = bytearray(body_size)
+                have = len(buf) - header_size
+                body[:have] = buf[header_size:]
+                buf.clear()
+                self._body, self._filled = body, have
+            return
+
+
+class FrameWriter:
+    """Queues frames for a non-blocking pipe and writes as much as the pipe accepts."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._parts: collections.deque[memoryview] = collections.deque()
+
+    @property
+    def pending(self) -> bool:
+        """True while queued bytes are waiting for the pipe to drain."""
+        return bool(self._parts)
+
+    def queue_frame(self, parts: list[bytes]) -> None:
+        """Queue one frame made of ``parts`` (joined on the wire, never in memory)."""
+        size = sum(len(p) for p in parts)
+        self._parts.append(memoryview(frame_header(size)))
+        self._parts.extend(memoryview(p) for p in parts if len(p))
+
+    def flush(self) -> bool:
+        """Write until the pipe is full or the queue is empty; True when empty.
+
+        Raises BrokenPipeError when the worker's end is gone.
+        """
+        parts = self._parts
+        while parts:
+            # writev hands the kernel several small parts in one system call.
+            batch = [parts[i] for i in range(min(len(parts), 64))]
+            try:
+                written = os.writev(self.fd, batch)
+            except BlockingIOError:
+                return False
+            while written:
+                head = parts[0]
+                if written >= len(head):
+                    written -= len(head)
+                    parts.popleft()
+                else:
+                    parts[0] = head[written:]
+                    written = 0
+        return True
+
+    def discard(self) -> None:
+        """Drop whatever is still queued (the worker is gone)."""
+        self._parts.clear()
+
+
+class WorkerChannel:
+    """The inbox and outbox of one worker; the parent keeps the non-blocking ends."""
+
+    def __init__(self, context: BaseContext) -> None:
+        inbox_reader, inbox_writer = context.Pipe(duplex=False)
+        outbox_reader, outbox_writer = context.Pipe(duplex=False)
+        #: Ends handed to the worker process (closed in the parent once it started).
+        self.worker_inbox: Optional[Connection] = inbox_reader
+        self.worker_outbox: Optional[Connection] = outbox_writer
+        self._inbox = inbox_writer
+        self._outbox = outbox_reader
+        for conn in (inbox_writer, outbox_reader):
+            register_parent_fd(conn.fileno())
+            os.set_blocking(conn.fileno(), False)
+        _grow_pipe(inbox_writer.fileno())
+        _grow_pipe(outbox_reader.fileno())
+        self.writer: Optional[FrameWriter] = FrameWriter(inbox_writer.fileno())
+        self.reader = FrameReader(outbox_reader.fileno())
+
+    @property
+    def outbox_fd(self) -> int:
+        """The descriptor the parent reads worker messages from."""
+        return self.reader.fd
+
+    def release_worker_ends(self) -> None:
+        """Close the parent's copies of the worker's ends, once the worker has them."""
+        for conn in (self.worker_inbox, self.worker_outbox):
+            if conn is not None:
+                conn.close()
+        self.worker_inbox = self.worker_outbox = None
+
+    def close_inbox(self) -> None:
+        """Close the parent's end of the inbox: the worker reads end-of-file and exits."""
+        if self.writer is None:
+            return
+        self.writer.discard()
+        self.writer = None
+        unregister_parent_fd(self._inbox.fileno())
+        self._inbox.close()
+
+    def close(self) -> None:
+        """Close every descriptor of this channel that the parent still holds."""
+        self.release_worker_ends()
+        self.close_inbox()
+        if not self._outbox.closed:
+            unregister_parent_fd(self._outbox.fileno())
+            self._outbox.close()

@@ -1,0 +1,223 @@
+"""The worker process: run the initializer, then run tasks from the inbox until end-of-file.
+
+A worker is deliberately simple and single-minded. It reads one batch of tasks at a time
+from its inbox, runs them in order, and writes one message per task to its outbox. Before a
+task runs, the worker records the task's id in a shared slot the parent can read, so if the
+worker dies the parent knows exactly which task was running and which were merely waiting.
+
+It ignores SIGINT (the parent decides what Ctrl-C means), and it ends by itself when the
+parent dies: idle, it reads end-of-file on its inbox; busy, a watcher thread notices the
+hang-up of the inbox (or that it was re-parented) and exits the process.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any, Callable, NamedTuple, Optional
+
+from . import _serialization as serialization
+from ._errors import DeserializationError
+from ._messages import MessageKind, TaskKind, TaskRecord, decode_batch, encode_message
+from ._transport import close_inherited_parent_fds
+
+#: Exit code of a worker that stopped because its parent went away mid-task.
+EXIT_PARENT_GONE = 70
+_FN_CACHE_SIZE = 64
+_PARENT_POLL_MS = 1000
+
+
+class WorkerConfig(NamedTuple):
+    """What a worker needs to know at start; pickled by the parent (cloudpickle)."""
+
+    initializer: Optional[Callable[..., Any]]
+    initargs: tuple[Any, ...]
+    max_tasks: Optional[int]
+
+
+class _RunState:
+    """Shared by the main loop and the parent watcher."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.busy = False
+        self.parent_gone = False
+
+
+def worker_main(inbox: Connection, outbox: Connection, running: Any, config_blob: bytes) -> None:
+    """Entry point of a worker process (the ``multiprocessing.Process`` target)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    close_inherited_parent_fds()
+    _name_process()
+    state = _RunState()
+    _start_parent_watch(inbox.fileno(), state)
+    send = outbox.send_bytes
+
+    try:
+        config: WorkerConfig = serialization.loads(config_blob)
+        if config.initializer is not None:
+            config.initializer(*config.initargs)
+    except BaseException as exc:
+        send(_describe_failure(MessageKind.INIT_FAILED, 0, exc, 0.0))
+        sys.exit(1)
+
+    try:
+        send(encode_message(MessageKind.READY, os.getpid(), b""))
+        _serve(inbox, send, running, state, config.max_tasks)
+    except BrokenPipeError:
+        pass  # the parent is gone; nobody is left to tell
+
+
+def _serve(
+    inbox: Connection,
+    send: Callable[[bytes], None],
+    running: Any,
+    state: _RunState,
+    remaining: Optional[int],
+) -> None:
+    functions: dict[bytes, Callable[..., Any]] = {}
+    while True:
+        try:
+            frame = inbox.recv_bytes()
+        except EOFError:
+            return
+        for record in decode_batch(frame):
+            with state.lock:
+                if state.parent_gone:
+                    return
+                state.busy = True
+            running.value = record.task_id
+            reply = _run(record, functions)
+            # Not busy once the task's own code is done: the parent may close the inbox the
+            # moment it reads this reply, and that hang-up must not look like its death.
+            # The slot keeps the id until the reply is written, so a death while writing is
+            # still charged to this task.
+            state.busy = False
+            send(reply)
+            running.value = 0
+            if remaining is not None:
+                remaining -= 1
+                if remaining == 0:
+                    # The parent never sends more than the budget; it started our
+                    # replacement when it sent the last task.
+                    return
+
+
+def _run(record: TaskRecord, functions: dict[bytes, Callable[..., Any]]) -> bytes:
+    started = time.perf_counter()
+    try:
+        fn = _load_function(record.fn_blob, functions)
+        arguments = serialization.loads(record.args_blob)
+    except BaseException as exc:
+        error = DeserializationError(
+            f"the task could not be unpickled in worker {os.getpid()}: {type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return _describe_failure(MessageKind.ERROR, record.task_id, error, 0.0)
+    try:
+        if record.kind is TaskKind.CALL:
+            args, kwargs = arguments
+            value = fn(*args, **kwargs)
+        else:
+            value = [fn(*args) for args in arguments]
+    except BaseException as exc:
+        return _describe_failure(
+            MessageKind.ERROR, record.task_id, exc, time.perf_counter() - started
+        )
+    duration = time.perf_counter() - started
+    try:
+        payload = serialization.dumps(value)
+    except BaseException as exc:
+        # The pickler's own exception, as the stdlib pool reports it, plus where it happened.
+        _add_note(exc, f"(raised while pickling the result of the task, {_short_repr(value)})")
+        return _describe_failure(MessageKind.ERROR, record.task_id, exc, duration)
+    return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
+
+
+def _load_function(blob: Any, functions: dict[bytes, Callable[..., Any]]) -> Callable[..., Any]:
+    # map() ships the same pickled function with every chunk: unpickle it once.
+    key = bytes(blob)
+    fn = functions.get(key)
+    if fn is None:
+        fn = serialization.loads(key)
+        if len(functions) >= _FN_CACHE_SIZE:
+            functions.clear()
+        functions[key] = fn
+    return fn
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    add_note = getattr(exc, "add_note", None)  # Python 3.11+
+    if add_note is not None:
+        add_note(note)
+
+
+def _describe_failure(
+    kind: MessageKind, task_id: int, exc: BaseException, duration: float
+) -> bytes:
+    """Encode an exception with its traceback; never raises."""
+    tb = serialization.format_exception(exc)
+    try:
+        payload = serialization.dumps(exc)
+        serialization.loads(payload)  # an exception that cannot be rebuilt is no use to send
+    except BaseException as pickle_exc:
+        substitute = pickle.PicklingError(
+            f"the task raised {type(exc).__qualname__}: {_short_repr(exc)}, "
+            f"which could not be sent to the parent: {type(pickle_exc).__name__}: {pickle_exc}"
+        )
+        payload = serialization.dumps(substitute)
+    return encode_message(kind, task_id, payload, duration=duration, traceback=tb)
+
+
+def _short_repr(value: object, limit: int = 200) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__qualname__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _name_process() -> None:
+    # Shows as "poolkit-worker" in ps/top; best effort, Linux only.
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write("poolkit-worker")
+    except OSError:
+        pass
+
+
+def _start_parent_watch(inbox_fd: int, state: _RunState) -> None:
+    """Exit the process if the parent dies while a task runs.
+
+    Polling the inbox with no requested events wakes only on hang-up: the parent's end was
+    closed, which a live parent never does while a task runs. The periodic parent-pid check
+    covers a hang-up that never comes (another process inherited the parent's end).
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(inbox_fd, 0)
+        while True:
+            events = poller.poll(_PARENT_POLL_MS)
+            if any(mask & select.POLLNVAL for _, mask in events):
+                return
+            hung_up = bool(events)
+            if not hung_up and os.getppid() == parent:
+                continue
+            with state.lock:
+                state.parent_gone = True
+                # Idle after a hang-up, the main loop reads end-of-file and exits cleanly
+                # (atexit handlers run). Busy, or orphaned without a hang-up, nothing else
+                # would ever stop this process.
+                if state.busy or not hung_up:
+                    os._exit(EXIT_PARENT_GONE)
+            return
+
+    threading.Thread(target=watch, name="poolkit-parent-watch", daemon=True).start()
