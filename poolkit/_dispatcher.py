@@ -50,7 +50,7 @@ from ._errors import (
     describe_exit,
 )
 from ._messages import MessageKind, WorkerMessage, batch_prefix, decode_message
-from ._transport import WorkerChannel, register_parent_fd, unregister_parent_fd
+from ._transport import RunningSlot, WorkerChannel, register_parent_fd, unregister_parent_fd
 from ._worker import worker_main
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,11 @@ class WorkerHandle:
     )
 
     def __init__(
-        self, process: BaseProcess, channel: WorkerChannel, running: Any, budget: Optional[int]
+        self,
+        process: BaseProcess,
+        channel: WorkerChannel,
+        running: RunningSlot,
+        budget: Optional[int],
     ) -> None:
         self.process = process
         self.pid: int = process.pid  # type: ignore[assignment]
@@ -257,12 +261,14 @@ class Dispatcher:
             self._close_fds()
 
     def _on_wakeup(self, mask: int) -> None:
-        self._wake_signalled = False
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        # Clear the flag only after draining: a byte written after this point wakes the next
+        # select, and a caller that still saw the flag set queued its work before we look.
+        self._wake_signalled = False
 
     def _handle_requests(self) -> None:
         signum = self._force_signal
@@ -470,7 +476,7 @@ class Dispatcher:
 
     def _start_worker(self) -> WorkerHandle:
         channel = WorkerChannel(self._backend.context)
-        running = self._backend.context.RawValue("Q", 0)
+        running = RunningSlot()
         try:
             process = self._backend.start_worker(
                 worker_main,
@@ -479,6 +485,7 @@ class Dispatcher:
             )
         except BaseException:
             channel.close()
+            running.close()
             raise
         channel.release_worker_ends()
         worker = WorkerHandle(process, channel, running, self._max_tasks_per_child)
@@ -513,6 +520,7 @@ class Dispatcher:
             self._selector.unregister(worker.channel.writer.fd)
             worker.writing = False
         worker.channel.close()
+        worker.running.close()
         try:
             worker.process.close()
         except ValueError:

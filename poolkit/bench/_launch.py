@@ -1,0 +1,132 @@
+"""Run one measurement in a fresh Python process and collect its JSON result.
+
+The runner (``_pkbench.main``) gets its spec on stdin and writes one JSON line on stdout. It
+runs in a new session, so that when it hangs (a ``--target`` that never returns) or leaves a
+process behind, the whole group, workers and fork server included, can be killed at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+# Appended, not prepended: the user's own modules must win over anything in this directory.
+_BOOT = "import sys; sys.path.append({!r}); from _pkbench.main import main; sys.exit(main())"
+#: After the runner exits, how long its fork server and resource tracker may take to follow.
+_DRAIN_SECONDS = 2.0
+
+
+@dataclass
+class Outcome:
+    """What one runner process produced."""
+
+    data: dict[str, Any]
+    stderr: str = ""
+    timed_out: bool = False
+    leftovers: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """The measurement ran to the end."""
+        return bool(self.data.get("ok")) and not self.timed_out
+
+    @property
+    def error(self) -> str:
+        """Why it did not (empty when it did)."""
+        return "" if self.ok else str(self.data.get("error", "the runner failed"))
+
+
+def launch(spec: dict[str, Any], timeout: float) -> Outcome:
+    """Run ``spec`` in a fresh process; never raises for anything the measured code does."""
+    spec = dict(spec, sys_path=[p for p in sys.path if p])
+    process = subprocess.Popen(
+        [sys.executable, "-c", _BOOT.format(BENCH_DIR)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(json.dumps(spec).encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.kill(process.pid, signal.SIGUSR1)  # the runner dumps its threads' stacks
+            time.sleep(0.3)
+        except ProcessLookupError:
+            pass
+        _kill_group(process.pid)
+        out, err = process.communicate()
+        stderr = err.decode(errors="replace")
+        return Outcome({"ok": False, "error": f"timed out after {timeout:g} s"}, stderr, True)
+    except BaseException:  # Ctrl-C: take the measurement's processes down with us
+        _kill_group(process.pid)
+        process.wait()
+        raise
+    stderr = err.decode(errors="replace")
+    leftovers = _reap_group(process.pid)
+    if leftovers:
+        logger.warning(
+            "processes left behind by a measurement (%s): %s", spec.get("impl"), leftovers
+        )
+    try:
+        data = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = stderr.strip().splitlines()[-5:]
+        data = {
+            "ok": False,
+            "error": f"the runner exited with code {process.returncode} and no result",
+            "traceback": "\n".join(tail),
+        }
+    return Outcome(data, stderr, False, leftovers)
+
+
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """(pid, name) of every process in process group ``pgid`` (Linux ``/proc``)."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        name = text[text.find("(") + 1 : text.rfind(")")]
+        fields = text[text.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append((int(entry), name))
+    return members
+
+
+def _reap_group(pgid: int) -> list[str]:
+    """Wait for the group to empty; kill and name whatever is still there after a grace."""
+    deadline = time.monotonic() + _DRAIN_SECONDS
+    while True:
+        members = group_members(pgid)
+        if not members:
+            return []
+        if time.monotonic() > deadline:
+            _kill_group(pgid)
+            return [f"{name}[{pid}]" for pid, name in members]
+        time.sleep(0.02)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

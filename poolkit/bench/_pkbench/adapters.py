@@ -1,0 +1,197 @@
+"""One small adapter per implementation, so every workload drives every pool the same way.
+
+An adapter offers ``submit(fn, *args)`` (returns a handle), ``wait(handle)`` (its result),
+``map(fn, items, chunksize)`` (a list) and ``shutdown()``. Peers are imported here, in the
+runner, and only when measured: a peer that is not installed costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+from typing import Any, Callable
+
+
+class PoolAdapter:
+    """The interface every implementation is driven through."""
+
+    impl = ""
+    #: Modules imported before any clock starts: constructing a pool is measured, importing
+    #: its library is not.
+    modules: tuple[str, ...] = ()
+
+    @classmethod
+    def preload(cls) -> None:
+        """Import this implementation's library (raises ImportError if it is missing)."""
+        for name in cls.modules:
+            importlib.import_module(name)
+
+    def __init__(self, method: str, workers: int) -> None:
+        self.method = method
+        self.workers = workers
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Schedule ``fn(*args)``; return a handle for :meth:`wait`."""
+        raise NotImplementedError
+
+    def wait(self, handle: Any) -> Any:
+        """The result of a submitted task (re-raises its exception)."""
+        return handle.result()
+
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
+        """``[fn(x) for x in items]`` in the pool, with the given chunksize."""
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Stop the pool and wait for its workers."""
+        raise NotImplementedError
+
+
+class PoolkitAdapter(PoolAdapter):
+    impl = "poolkit"
+    modules = ("poolkit",)
+
+    def __init__(self, method: str, workers: int) -> None:
+        super().__init__(method, workers)
+        import poolkit
+
+        self.pool = poolkit.Executor(workers, start_method=method)
+        self.submit = self.pool.submit  # type: ignore[method-assign]
+
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
+        return list(self.pool.map(fn, items, chunksize=chunksize))
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class StdlibAdapter(PoolAdapter):
+    impl = "stdlib"
+    modules = ("concurrent.futures.process",)
+
+    def __init__(self, method: str, workers: int) -> None:
+        super().__init__(method, workers)
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context(method)
+        self.pool = ProcessPoolExecutor(workers, mp_context=context)
+        self.submit = self.pool.submit  # type: ignore[method-assign]
+
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
+        return list(self.pool.map(fn, items, chunksize=chunksize))
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class MpPoolAdapter(PoolAdapter):
+    impl = "mppool"
+    modules = ("multiprocessing.pool",)
+
+    def __init__(self, method: str, workers: int) -> None:
+        super().__init__(method, workers)
+        self.pool = multiprocessing.get_context(method).Pool(workers)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.apply_async(fn, args)
+
+    def wait(self, handle: Any) -> Any:
+        return handle.get()
+
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
+        return self.pool.map(fn, items, chunksize)
+
+    def shutdown(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
+class LokyAdapter(PoolAdapter):
+    impl = "loky"
+    modules = ("loky", "loky.backend.context")
+
+    def __init__(self, method: str, workers: int) -> None:
+        super().__init__(method, workers)
+        if method == "fork":
+            raise Unsupported("loky does not support the fork start method")
+        loky: Any = importlib.import_module("loky")
+        context = importlib.import_module("loky.backend.context").get_context(method)
+        self.pool = loky.ProcessPoolExecutor(max_workers=workers, context=context)
+        self.submit = self.pool.submit  # type: ignore[method-assign]
+
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
+        return list(self.pool.map(fn, items, chunksize=chunksize))
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class MpireAdapter(PoolAdapter):
+    impl = "mpire"
+    modules = ("mpire",)
+
+    def __init__(self, method: str, workers: int) -> None:
+        super().__init__(method, workers)
+        mpire: Any = importlib.import_module("mpire")
+        # keep_alive: reuse the workers between calls, like every other pool here.
+        self.pool = mpire.WorkerPool(n_jobs=workers, start_method=method, keep_alive=True)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.apply_async(fn, args)
+
+    def wait(self, handle: Any) -> Any:
+        return handle.get()
+
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
+        return list(self.pool.map(fn, items, chunk_size=chunksize))
+
+    def shutdown(self) -> None:
+        self.pool.stop_and_join()
+        self.pool.terminate()
+
+
+class PebbleAdapter(PoolAdapter):
+    impl = "pebble"
+    modules = ("pebble",)
+
+    def __init__(self, method: str, workers: int) -> None:
+        super().__init__(method, workers)
+        pebble: Any = importlib.import_module("pebble")
+        context = multiprocessing.get_context(method)
+        self.pool = pebble.ProcessPool(max_workers=workers, context=context)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.schedule(fn, args=args)
+
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
+        return list(self.pool.map(fn, items, chunksize=chunksize).result())
+
+    def shutdown(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
+class Unsupported(Exception):
+    """This implementation cannot run with the requested start method."""
+
+
+ADAPTERS: dict[str, type[PoolAdapter]] = {
+    cls.impl: cls
+    for cls in (
+        PoolkitAdapter,
+        StdlibAdapter,
+        MpPoolAdapter,
+        LokyAdapter,
+        MpireAdapter,
+        PebbleAdapter,
+    )
+}
+
+
+def make_pool(impl: str, method: str, workers: int) -> PoolAdapter:
+    """Construct implementation ``impl``'s pool (workers may start lazily, as that pool does)."""
+    try:
+        cls = ADAPTERS[impl]
+    except KeyError:
+        raise ValueError(f"unknown implementation {impl!r}") from None
+    return cls(method, workers)

@@ -1,0 +1,144 @@
+"""What the benchmark measures: workloads, their metrics and their parameters (plain data).
+
+Shared by the parent (labels, units, which direction is better) and the runner (parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+#: Implementations the runner knows; "poolkit" is always measured, the others are peers.
+PEERS = ("stdlib", "mppool", "loky", "mpire", "pebble")
+PEER_TITLES = {
+    "poolkit": "poolkit",
+    "stdlib": "stdlib PPE",
+    "mppool": "mp.Pool",
+    "loky": "loky",
+    "mpire": "mpire",
+    "pebble": "pebble",
+    "floor": "floor",
+}
+#: The module whose presence makes a peer available, and the distribution for its version.
+PEER_MODULES = {
+    "poolkit": ("poolkit", "poolkit"),
+    "stdlib": ("concurrent.futures", ""),
+    "mppool": ("multiprocessing.pool", ""),
+    "loky": ("loky", "loky"),
+    "mpire": ("mpire", "mpire"),
+    "pebble": ("pebble", "pebble"),
+}
+
+
+class Metric(NamedTuple):
+    """One number a workload reports."""
+
+    key: str
+    label: str  #: may use ``{param}`` fields of the workload's parameters
+    unit: str
+    higher_is_better: bool
+    floor_only: bool = False  #: only the floor reports it (e.g. the raw pipe round trip)
+
+
+class Workload(NamedTuple):
+    """A measurement the runner performs on one implementation and start method."""
+
+    name: str
+    title: str
+    metrics: tuple[Metric, ...]
+    params: dict[str, Any]
+    quick_params: dict[str, Any]
+
+    def parameters(self, quick: bool) -> dict[str, Any]:
+        """The parameters of a default or a ``--quick`` run."""
+        return dict(self.quick_params if quick else self.params)
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        "cold",
+        "cold start",
+        (
+            Metric("first_ms", "cold start -> first result", "ms", False),
+            Metric("ready_ms", "cold start -> all workers ready", "ms", False),
+        ),
+        {},
+        {},
+    ),
+    Workload(
+        "respawn",
+        "respawn",
+        (Metric("respawn_ms", "respawn: SIGKILL -> task on the replacement", "ms", False),),
+        {"kills": 3},
+        {"kills": 1},
+    ),
+    Workload(
+        "latency",
+        "latency",
+        (
+            Metric("median_us", "latency submit(noop).result(), median", "us", False),
+            Metric("p99_us", "latency submit(noop).result(), p99", "us", False),
+            Metric("raw_median_us", "raw os.pipe round trip, median", "us", False, True),
+            Metric("raw_p99_us", "raw os.pipe round trip, p99", "us", False, True),
+        ),
+        {"warmup": 200, "samples": 2000},
+        {"warmup": 50, "samples": 300},
+    ),
+    Workload(
+        "burst",
+        "submit burst",
+        (Metric("rate", "submit burst, {tasks:,} no-ops waited together", "tasks/s", True),),
+        {"tasks": 20000, "warmup": 1000},
+        {"tasks": 2000, "warmup": 200},
+    ),
+    Workload(
+        "map1",
+        "map, chunksize 1",
+        (Metric("rate", "map {items:,} tiny tasks, chunksize 1", "tasks/s", True),),
+        {"items": 10000},
+        {"items": 1000},
+    ),
+    Workload(
+        "mapchunk",
+        "map, large chunks",
+        (Metric("rate", "map {items:,} tiny tasks, chunksize n/(4*workers)", "tasks/s", True),),
+        {"items": 200000},
+        {"items": 20000},
+    ),
+    Workload(
+        "cpu",
+        "CPU scaling",
+        (Metric("speedup", "CPU scaling, {tasks} x {task_ms} ms pure-Python tasks", "x serial", True),),
+        {"tasks": 32, "task_ms": 10},
+        {"tasks": 8, "task_ms": 5},
+    ),
+    Workload(
+        "payload",
+        "payload",
+        (
+            Metric("arg_mibs", "payload: {mib} MiB argument", "MiB/s", True),
+            Metric("result_mibs", "payload: {mib} MiB result", "MiB/s", True),
+        ),
+        {"mib": 8, "reps": 5},
+        {"mib": 2, "reps": 2},
+    ),
+    Workload(
+        "memory",
+        "memory",
+        (
+            Metric("parent_mib", "memory: parent RSS", "MiB", False),
+            Metric("worker_mib", "memory: each idle worker RSS", "MiB", False),
+        ),
+        {},
+        {},
+    ),
+)
+
+WORKLOADS_BY_NAME = {w.name: w for w in WORKLOADS}
+
+
+def metric_label(workload: Workload, metric: Metric, quick: bool) -> str:
+    """The metric's label with the workload's parameters filled in."""
+    try:
+        return metric.label.format(**workload.parameters(quick))
+    except (KeyError, IndexError, ValueError):
+        return metric.label

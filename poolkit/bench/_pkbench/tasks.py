@@ -1,0 +1,60 @@
+"""The tiny functions the benchmark runs in worker processes.
+
+Module-level, standard library only: every implementation pickles them by reference and each
+worker imports this module once, so no pool pays for another library's imports.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+def noop(*args: Any) -> None:
+    """Do nothing: the cost of a task is then the pool's own overhead."""
+    return None
+
+
+def ident(value: Any) -> Any:
+    """Return the argument: a tiny map task."""
+    return value
+
+
+def getpid() -> int:
+    """The worker's pid."""
+    return os.getpid()
+
+
+def sleep_pid(seconds: float) -> int:
+    """Sleep briefly, then return the worker's pid (spreads a wave over every worker)."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def burn(loops: int) -> int:
+    """Pure-Python CPU work: holds the GIL for the whole call."""
+    total = 0
+    for i in range(loops):
+        total += i * i % 7
+    return total
+
+
+def payload_len(blob: bytes) -> int:
+    """Receive a large argument; return only its length."""
+    return len(blob)
+
+
+def make_payload(size: int) -> bytes:
+    """Return a large result of ``size`` bytes."""
+    return b"\x01" * size
+
+
+class Star:
+    """Call a function with an argument tuple: ``Star(f)((1, 2))`` is ``f(1, 2)``."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, args: Any) -> Any:
+        return self.fn(*args)

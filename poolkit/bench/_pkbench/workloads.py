@@ -1,0 +1,234 @@
+"""The measurements, run inside a fresh runner process on one implementation and start method.
+
+Each ``measure_*`` function returns ``{metric key: value}``; a value of ``None`` means "could
+not be measured" and comes with a note. Warm-up work is always done before the clock starts,
+except for the cold start, whose whole point is the first call.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import signal
+import statistics
+import time
+from typing import Any, Callable, Optional
+
+from . import tasks
+from .adapters import PoolAdapter
+
+Values = dict[str, Optional[float]]
+Factory = Callable[[], PoolAdapter]
+
+#: How long a wave task sleeps: long enough that one worker cannot take a whole wave.
+WAVE_SLEEP = 0.001
+#: Give up on a pool that does not reach full strength within this many seconds.
+READY_TIMEOUT = 30.0
+
+
+class Measured(Exception):
+    """A measurement that cannot be taken on this pool; the message says why."""
+
+
+def until_pids(
+    pool: PoolAdapter, count: int, known: frozenset[int] = frozenset(), timeout: float = READY_TIMEOUT
+) -> set[int]:
+    """Run waves of short tasks until ``count`` distinct worker pids not in ``known`` answered."""
+    seen: set[int] = set()
+    deadline = time.perf_counter() + timeout
+    while len(seen) < count:
+        if time.perf_counter() > deadline:
+            raise Measured(f"only {len(seen)} of {count} workers answered within {timeout:g} s")
+        handles = [pool.submit(tasks.sleep_pid, WAVE_SLEEP) for _ in range(pool.workers)]
+        seen.update(pid for pid in (pool.wait(h) for h in handles) if pid not in known)
+    return seen
+
+
+def measure_cold(factory: Factory, params: dict[str, Any]) -> Values:
+    """Construct -> first result, and construct -> every worker has run a task."""
+    started = time.perf_counter()
+    pool = factory()
+    try:
+        first_pid = pool.wait(pool.submit(tasks.getpid))
+        first = time.perf_counter() - started
+        if pool.workers > 1:
+            until_pids(pool, pool.workers - 1, frozenset([first_pid]))
+        ready = time.perf_counter() - started
+    finally:
+        pool.shutdown()
+    return {"first_ms": first * 1e3, "ready_ms": ready * 1e3}
+
+
+def measure_respawn(pool: PoolAdapter, params: dict[str, Any]) -> Values:
+    """SIGKILL an idle worker; time until a task has run on its replacement."""
+    known = frozenset(until_pids(pool, pool.workers))
+    samples = []
+    for _ in range(int(params.get("kills", 3))):
+        victim = min(known)
+        os.kill(victim, signal.SIGKILL)
+        started = time.perf_counter()
+        try:
+            fresh = until_pids(pool, 1, known, timeout=10.0)
+        except Measured:
+            raise Measured("no replacement worker within 10 s of a worker's death") from None
+        except Exception as exc:
+            raise Measured(
+                f"the pool cannot go on after a worker's death ({type(exc).__name__})"
+            ) from None
+        samples.append(time.perf_counter() - started)
+        known = frozenset(known | fresh)
+    return {"respawn_ms": statistics.median(samples) * 1e3}
+
+
+def measure_latency(pool: PoolAdapter, params: dict[str, Any]) -> Values:
+    """Sequential ``submit(noop)`` then wait: the round trip of one task on a warm pool."""
+    submit, wait, noop = pool.submit, pool.wait, tasks.noop
+    for _ in range(int(params["warmup"])):
+        wait(submit(noop))
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(int(params["samples"])):
+        start = clock()
+        wait(submit(noop))
+        samples.append(clock() - start)
+    return {"median_us": statistics.median(samples) / 1e3, "p99_us": percentile(samples, 99) / 1e3}
+
+
+def measure_burst(pool: PoolAdapter, params: dict[str, Any]) -> Values:
+    """Submit many no-ops, then wait for them all: tasks per second."""
+    submit, wait, noop = pool.submit, pool.wait, tasks.noop
+    for handle in [submit(noop) for _ in range(int(params["warmup"]))]:
+        wait(handle)
+    count = int(params["tasks"])
+    start = time.perf_counter()
+    handles = [submit(noop) for _ in range(count)]
+    for handle in handles:
+        wait(handle)
+    return {"rate": count / (time.perf_counter() - start)}
+
+
+def measure_map1(pool: PoolAdapter, params: dict[str, Any]) -> Values:
+    """``map`` of tiny tasks, one item per chunk."""
+    return {"rate": _map_rate(pool, int(params["items"]), 1)}
+
+
+def measure_mapchunk(pool: PoolAdapter, params: dict[str, Any]) -> Values:
+    """``map`` of tiny tasks in large chunks (``multiprocessing.Pool``'s own formula)."""
+    items = int(params["items"])
+    return {"rate": _map_rate(pool, items, auto_chunksize(items, pool.workers))}
+
+
+def auto_chunksize(items: int, workers: int) -> int:
+    """``multiprocessing.Pool.map``'s default: about four chunks per worker."""
+    return max(1, math.ceil(items / (4 * workers)))
+
+
+def _map_rate(pool: PoolAdapter, items: int, chunksize: int) -> float:
+    pool.map(tasks.ident, range(min(items, 500)), chunksize)  # warm-up
+    start = time.perf_counter()
+    result = pool.map(tasks.ident, range(items), chunksize)
+    elapsed = time.perf_counter() - start
+    if len(result) != items:
+        raise Measured(f"map returned {len(result)} results for {items} items")
+    return items / elapsed
+
+
+def calibrate_burn(task_ms: float) -> int:
+    """Loops of :func:`tasks.burn` that take about ``task_ms`` here."""
+    loops = 20000
+    while True:
+        start = time.perf_counter()
+        tasks.burn(loops)
+        elapsed = time.perf_counter() - start
+        if elapsed > 0.02:
+            return max(1, int(loops * task_ms / 1e3 / elapsed))
+        loops *= 2
+
+
+def measure_cpu(pool: PoolAdapter, params: dict[str, Any]) -> Values:
+    """Speed-up over running the same pure-Python tasks serially in this process."""
+    count = int(params["tasks"])
+    loops = calibrate_burn(float(params["task_ms"]))
+    for handle in [pool.submit(tasks.burn, loops) for _ in range(pool.workers)]:
+        pool.wait(handle)  # warm-up
+    start = time.perf_counter()
+    for _ in range(count):
+        tasks.burn(loops)
+    serial = time.perf_counter() - start
+    start = time.perf_counter()
+    for handle in [pool.submit(tasks.burn, loops) for _ in range(count)]:
+        pool.wait(handle)
+    return {"speedup": serial / (time.perf_counter() - start)}
+
+
+def measure_payload(pool: PoolAdapter, params: dict[str, Any]) -> Values:
+    """MiB/s for a large argument (to the worker) and a large result (back)."""
+    size = int(float(params["mib"]) * (1 << 20))
+    reps = int(params["reps"])
+    blob = b"\x01" * size
+    submit, wait = pool.submit, pool.wait
+    wait(submit(tasks.payload_len, blob))
+    wait(submit(tasks.make_payload, size))
+    arg_times, result_times = [], []
+    for _ in range(reps):
+        start = time.perf_counter()
+        if wait(submit(tasks.payload_len, blob)) != size:
+            raise Measured("the worker received a truncated argument")
+        arg_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        if len(wait(submit(tasks.make_payload, size))) != size:
+            raise Measured("the parent received a truncated result")
+        result_times.append(time.perf_counter() - start)
+    mib = size / (1 << 20)
+    return {
+        "arg_mibs": mib / statistics.median(arg_times),
+        "result_mibs": mib / statistics.median(result_times),
+    }
+
+
+def measure_memory(pool: PoolAdapter, params: dict[str, Any]) -> Values:
+    """Resident memory of this (parent) process and of each idle worker."""
+    pids = until_pids(pool, pool.workers)
+    gc.collect()
+    time.sleep(0.05)
+    workers = [rss_mib(pid) for pid in pids]
+    known = [w for w in workers if w is not None]
+    return {
+        "parent_mib": rss_mib(os.getpid()),
+        "worker_mib": statistics.mean(known) if known else None,
+    }
+
+
+def rss_mib(pid: int) -> Optional[float]:
+    """``VmRSS`` of a process, in MiB, from ``/proc/<pid>/status``; None where unavailable."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def percentile(samples: list[int], pct: float) -> float:
+    """The ``pct``-th percentile (nearest rank)."""
+    ordered = sorted(samples)
+    rank = max(0, min(len(ordered) - 1, math.ceil(pct / 100 * len(ordered)) - 1))
+    return float(ordered[rank])
+
+
+#: Workloads that construct the pool themselves.
+COLD: dict[str, Callable[[Factory, dict[str, Any]], Values]] = {"cold": measure_cold}
+#: Workloads run on a pool that the runner built and warmed up.
+WARM: dict[str, Callable[[PoolAdapter, dict[str, Any]], Values]] = {
+    "respawn": measure_respawn,
+    "latency": measure_latency,
+    "burst": measure_burst,
+    "map1": measure_map1,
+    "mapchunk": measure_mapchunk,
+    "cpu": measure_cpu,
+    "payload": measure_payload,
+    "memory": measure_memory,
+}

@@ -1,0 +1,342 @@
+"""``--target module:function``: which start method and chunksize run the user's function fastest.
+
+First a probe, in a fresh process: import the function, read its inputs, call it once. An import
+error, a function that raises or one that hangs (``timeout``) ends the run there with a clear
+report. Then, interleaved and repeated, each (start method, chunksize[, peer]) runs every input
+through ``map`` in a fresh process, next to a serial run of the same inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from ._launch import launch
+from ._machine import describe, summary_line, usable_cpus
+from ._orchestrate import (
+    DEFAULT_REPEAT,
+    Progress,
+    check_positive,
+    progress_printer,
+    resolve_methods,
+    resolve_peers,
+    rotate,
+)
+from ._result import impl_title
+from ._stats import Stat, format_stat, format_value, summarize
+
+DEFAULT_COUNT = 100
+DEFAULT_TARGET_TIMEOUT = 60.0
+Config = tuple[str, str, int]  # impl, method, chunksize
+
+
+def normalize_args(args: Any, count: Optional[int] = None) -> list[list[Any]]:
+    """The calls described by ``args``, as a list of argument lists.
+
+    A list of lists is a list of argument tuples (``[[1, 2], [3, 4]]``: ``f(1, 2)``,
+    ``f(3, 4)``); a list of anything else is one argument per call (``[1, 2]``: ``f(1)``,
+    ``f(2)``); any other value is one argument, repeated ``count`` times (default 100).
+    ``None`` means calls without arguments, ``count`` times.
+
+    Raises:
+        ValueError: the list mixes argument tuples and plain values, or is empty, or
+            ``count`` is given with a list.
+    """
+    if isinstance(args, (list, tuple)):
+        if count is not None:
+            raise ValueError("a count only applies to a single repeated value, not to a list")
+        if not args:
+            raise ValueError("the list of arguments is empty: the function would never run")
+        nested = [isinstance(a, (list, tuple)) for a in args]
+        if all(nested):
+            return [list(a) for a in args]
+        if any(nested):
+            raise ValueError(
+                "the arguments mix argument lists and plain values; give either a list of "
+                "argument lists ([[1, 2], [3, 4]]) or a list of single arguments ([1, 2])"
+            )
+        return [[a] for a in args]
+    total = DEFAULT_COUNT if count is None else count
+    if total < 1:
+        raise ValueError(f"count must be at least 1, got {total}")
+    return [[] if args is None else [args] for _ in range(total)]
+
+
+def default_chunksizes(items: int, workers: int) -> list[int]:
+    """1, about 16 chunks per worker, and about 4 chunks per worker."""
+    sizes = {1, max(1, math.ceil(items / (16 * workers))), max(1, math.ceil(items / (4 * workers)))}
+    return sorted(sizes)
+
+
+@dataclass
+class TargetResult:
+    """The outcome of benchmarking one user function.
+
+    ``failure`` is set (with ``stage``: import, inputs, call, timeout, pool) when the function
+    could not be measured; otherwise ``timings`` maps (impl, method, chunksize) to seconds for
+    all inputs, and ``best`` names the fastest combination.
+    """
+
+    target: str
+    machine: dict[str, Any]
+    workers: int
+    repeat: int
+    items: int = 0
+    first_call: str = ""
+    serial: Optional[Stat] = None
+    timings: dict[Config, Optional[Stat]] = field(default_factory=dict)
+    errors: dict[Config, str] = field(default_factory=dict)
+    failure: str = ""
+    stage: str = ""
+    details: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """At least one combination was measured."""
+        return not self.failure and any(s is not None for s in self.timings.values())
+
+    @property
+    def best(self) -> Optional[Config]:
+        """The fastest (impl, method, chunksize) of poolkit, or None."""
+        measured = [
+            (stat.median, config)
+            for config, stat in self.timings.items()
+            if stat is not None and config[0] == "poolkit"
+        ]
+        return min(measured)[1] if measured else None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per combination: impl, method, chunksize, seconds, calls/s, speed-up."""
+        rows = []
+        serial = self.serial.median if self.serial else None
+        for (impl, method, chunksize), stat in self.timings.items():
+            row: dict[str, Any] = {
+                "impl": impl,
+                "method": method,
+                "chunksize": chunksize,
+                "seconds": None,
+                "spread_pct": None,
+                "calls_per_s": None,
+                "speedup_vs_serial": None,
+                "error": self.errors.get((impl, method, chunksize), ""),
+            }
+            if stat is not None:
+                row.update(
+                    seconds=stat.median,
+                    spread_pct=stat.spread_pct,
+                    calls_per_s=self.items / stat.median if stat.median else None,
+                    speedup_vs_serial=serial / stat.median if serial and stat.median else None,
+                )
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        best = self.best
+        return {
+            "format": "poolkit-bench-target/1",
+            "target": self.target,
+            "machine": self.machine,
+            "workers": self.workers,
+            "repeat": self.repeat,
+            "items": self.items,
+            "first_call": self.first_call,
+            "serial": None if self.serial is None else self.serial.to_dict(),
+            "rows": self.rows(),
+            "best": None if best is None else {"impl": best[0], "method": best[1], "chunksize": best[2]},
+            "failure": self.failure,
+            "stage": self.stage,
+            "details": self.details,
+            "skipped": self.skipped,
+        }
+
+    def verdict(self) -> str:
+        """One sentence: the fastest combination, or why there is none."""
+        if self.failure:
+            return f"could not benchmark {self.target} ({self.stage}): {self.failure}"
+        best = self.best
+        if best is None:
+            return f"no combination of start method and chunksize ran {self.target} to the end"
+        stat = self.timings[best]
+        assert stat is not None
+        text = (
+            f"fastest: start_method={best[1]!r} with chunksize={best[2]}: "
+            f"{format_value(stat.median)} s for {self.items} calls"
+        )
+        if self.serial:
+            text += f", {self.serial.median / stat.median:.2f}x the serial speed"
+        return text
+
+    def to_text(self) -> str:
+        """The terminal report."""
+        from ._render_target import render_target_text
+
+        return render_target_text(self)
+
+    def to_markdown(self) -> str:
+        """The report as Markdown."""
+        from ._render_target import render_target_markdown
+
+        return render_target_markdown(self)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def _repr_html_(self) -> str:
+        from ._render_target import render_target_html
+
+        return render_target_html(self)
+
+
+def run_target(
+    target: str,
+    *,
+    args: Any = None,
+    inputs: Optional[str] = None,
+    star: bool = False,
+    count: Optional[int] = None,
+    methods: Union[str, list[str], None] = None,
+    workers: Optional[int] = None,
+    chunksizes: Union[str, list[int], None] = None,
+    repeat: Optional[int] = None,
+    against: Union[str, list[str], None] = None,
+    timeout: float = DEFAULT_TARGET_TIMEOUT,
+    progress: Progress = False,
+) -> TargetResult:
+    """Benchmark ``target`` ("module:function") under each start method and chunksize.
+
+    Args:
+        target: the function, as ``"package.module:function"``; importable from the current
+            directory or ``sys.path``.
+        args: JSON-like data: see :func:`normalize_args`. Exclusive with ``inputs``.
+        inputs: ``"module:name"`` of a module-level iterable (or a function returning one);
+            each item is one argument, or an argument tuple with ``star=True``.
+        count: how many calls for a single repeated ``args`` value (or for no arguments).
+        methods, workers, repeat, against, progress: as for :func:`poolkit.bench.run`.
+        chunksizes: chunksizes to try (default: 1, n/(16*workers), n/(4*workers)).
+        timeout: seconds each fresh process may take (the probe's single call included).
+
+    Returns:
+        A :class:`TargetResult`; import errors, exceptions and hangs are reported in it
+        (``result.failure``), never raised.
+
+    Raises:
+        ValueError, TypeError: an argument is invalid.
+    """
+    if not isinstance(target, str) or ":" not in target:
+        raise ValueError(f"target must look like 'module:function', got {target!r}")
+    if args is not None and inputs is not None:
+        raise ValueError("give the inputs with args or with inputs, not both")
+    if inputs is not None and ":" not in inputs:
+        raise ValueError(f"inputs must look like 'module:name', got {inputs!r}")
+    check_positive("workers", workers)
+    check_positive("repeat", repeat)
+    check_positive("count", count)
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    chosen_methods = resolve_methods(methods)
+    peers, skipped = resolve_peers(against)
+    calls = None if inputs is not None else normalize_args(args, count)
+    sizes = _parse_chunksizes(chunksizes)
+    pool_size = workers or usable_cpus()
+    rounds = repeat or DEFAULT_REPEAT
+    result = TargetResult(target, describe(), pool_size, rounds, skipped=skipped)
+    base: dict[str, Any] = {"target": target, "args": calls, "inputs": inputs, "star": star}
+    show = progress_printer(progress)
+
+    show(f"probing {target} (import, one call)")
+    probe = launch(dict(base, kind="target_probe"), timeout)
+    if not probe.ok:
+        _record_failure(result, probe.data, probe.timed_out, probe.stderr, timeout)
+        show("")
+        return result
+    result.items = int(probe.data["items"])
+    result.first_call = str(probe.data.get("result", ""))
+    sizes = sizes or default_chunksizes(result.items, pool_size)
+    impls = ["poolkit", *peers]
+    configs = [(impl, method, size) for method in chosen_methods for size in sizes for impl in impls]
+    samples: dict[Config, list[float]] = {c: [] for c in configs}
+    serial: list[float] = []
+    jobs: list[Optional[Config]] = []
+    for round_index in range(rounds):
+        jobs.append(None)  # the serial run
+        jobs.extend(rotate(configs, round_index))  # type: ignore[arg-type]
+    started = time.monotonic()
+    for index, config in enumerate(jobs):
+        what = "serial" if config is None else f"{impl_title(config[0])} {config[1]} chunksize={config[2]}"
+        show(f"[{index + 1}/{len(jobs)}] {target}: {what} ({time.monotonic() - started:.0f} s)")
+        if config is None:
+            outcome = launch(dict(base, kind="target_serial"), timeout)
+        else:
+            if config in result.errors:
+                continue  # failed once: do not wait for it again
+            spec = dict(base, kind="target_map", impl=config[0], method=config[1], chunksize=config[2], workers=pool_size)
+            outcome = launch(spec, timeout)
+        if outcome.ok:
+            (serial if config is None else samples[config]).append(float(outcome.data["seconds"]))
+        elif config is not None:
+            result.errors[config] = _describe(outcome.data, outcome.timed_out, timeout)
+    show("")
+    result.serial = summarize(serial)
+    result.timings = {config: summarize(values) for config, values in samples.items()}
+    return result
+
+
+def _parse_chunksizes(value: Union[str, list[int], None]) -> list[int]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    sizes = []
+    for item in items:
+        try:
+            size = int(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"chunksizes must be positive integers, got {item!r}") from None
+        if size < 1:
+            raise ValueError(f"chunksizes must be positive integers, got {size}")
+        sizes.append(size)
+    return sorted(set(sizes))
+
+
+def _describe(data: dict[str, Any], timed_out: bool, timeout: float) -> str:
+    if timed_out:
+        return f"timed out after {timeout:g} s"
+    return str(data.get("error", "failed"))
+
+
+def _record_failure(
+    result: TargetResult, data: dict[str, Any], timed_out: bool, stderr: str, timeout: float
+) -> None:
+    if timed_out:
+        result.stage = "timeout"
+        result.failure = (
+            f"{result.target} did not finish within {timeout:g} s when called once in a fresh "
+            f"process: it hangs, or one call takes longer than --timeout"
+        )
+        result.details = _where_it_hung(stderr)
+        return
+    result.stage = str(data.get("stage", "runner"))
+    result.failure = str(data.get("error", "the probe failed"))
+    result.details = str(data.get("traceback", "")).strip()
+
+
+def _where_it_hung(stderr: str) -> str:
+    """The main thread's stack from the runner's faulthandler dump, innermost call first."""
+    lines = stderr.splitlines()
+    start = next((i for i, line in enumerate(lines) if "most recent call first" in line and "Current thread" in line), None)
+    if start is None:
+        return stderr.strip()[-2000:]
+    stack = []
+    for line in lines[start + 1 :]:
+        if not line.strip().startswith("File"):
+            break
+        stack.append(line.strip())
+    return "\n".join(stack)
+
+
+def machine_line(result: TargetResult) -> str:
+    """The machine in one line."""
+    return summary_line(result.machine)

@@ -1,0 +1,174 @@
+"""Task functions for the tests: importable by workers under every start method."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import sys
+import time
+from typing import Any, NoReturn
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int = 0, *, c: int = 0) -> int:
+    return a + b + c
+
+
+def getpid(_: object = None) -> int:
+    return os.getpid()
+
+
+def raise_value_error(message: str) -> NoReturn:
+    raise ValueError(message)
+
+
+def divide(a: int, b: int) -> float:
+    return a / b
+
+
+def call_exit(code: int) -> NoReturn:
+    sys.exit(code)
+
+
+def hard_exit(code: int) -> NoReturn:
+    os._exit(code)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def kill_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def length(value: bytes) -> int:
+    return len(value)
+
+
+def make_bytes(size: int) -> bytes:
+    return b"x" * size
+
+
+def sleep_then(seconds: float, value: Any) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def signal_and_wait(ready_fifo: str, release_fifo: str, value: Any = None) -> Any:
+    """Tell the test this task runs (our pid on ready_fifo), then block until released.
+
+    The test releases the task by opening release_fifo for writing and closing it.
+    """
+    with open(ready_fifo, "w") as ready:
+        ready.write(str(os.getpid()))
+    with open(release_fifo) as release:
+        release.read()
+    return value if value is not None else os.getpid()
+
+
+def return_lock() -> object:
+    import threading
+
+    return threading.Lock()
+
+
+class UnpicklableError(Exception):
+    def __init__(self) -> None:
+        super().__init__("holds a lock")
+        import threading
+
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable() -> NoReturn:
+    raise UnpicklableError()
+
+
+class NeedsTwoArgs(Exception):
+    """Pickles, but cannot be rebuilt by unpickling (its __init__ wants two arguments)."""
+
+    def __init__(self, a: object, b: object) -> None:
+        super().__init__(f"{a}-{b}")
+
+
+def raise_needs_two_args() -> NoReturn:
+    raise NeedsTwoArgs(1, 2)
+
+
+class ErrorAtUnpickle:
+    """Pickles fine; raises when unpickled."""
+
+    def __reduce__(self) -> Any:
+        return _fail_unpickle, ()
+
+
+def _fail_unpickle() -> NoReturn:
+    raise pickle.UnpicklingError("refusing to unpickle")
+
+
+class ErrorInParentUnpickle:
+    """Unpickles in a worker, fails to unpickle in the test process."""
+
+    def __reduce__(self) -> Any:
+        return _fail_in_parent, (os.getpid(),)
+
+
+def _fail_in_parent(origin: int) -> object:
+    if os.getpid() != origin:
+        raise pickle.UnpicklingError("refusing to unpickle away from home")
+    return ErrorInParentUnpickle()
+
+
+def return_parent_unpicklable() -> ErrorInParentUnpickle:
+    return ErrorInParentUnpickle()
+
+
+def return_os_exit_at_pickle() -> object:
+    return ExitAtPickle()
+
+
+class ExitAtPickle:
+    def __reduce__(self) -> Any:
+        sys.exit(7)
+
+
+class ErrorAtPickle:
+    def __reduce__(self) -> Any:
+        raise pickle.PicklingError("refusing to pickle")
+
+
+def return_error_at_pickle() -> ErrorAtPickle:
+    return ErrorAtPickle()
+
+
+_state: dict[str, Any] = {}
+
+
+def init_state(value: Any) -> None:
+    _state["value"] = value
+
+
+def get_state() -> Any:
+    return _state.get("value")
+
+
+def failing_initializer() -> NoReturn:
+    raise ValueError("error in initializer")
+
+
+def exiting_initializer() -> NoReturn:
+    os._exit(4)
+
+
+def ignore_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
