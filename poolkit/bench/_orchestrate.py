@@ -53,7 +53,9 @@ def resolve_methods(methods: Union[str, list[str], tuple[str, ...], None]) -> li
     return list(dict.fromkeys(chosen))
 
 
-def resolve_peers(against: Union[str, list[str], tuple[str, ...], None]) -> tuple[list[str], dict[str, str]]:
+def resolve_peers(
+    against: Union[str, list[str], tuple[str, ...], None],
+) -> tuple[list[str], dict[str, str]]:
     """The peers to measure and, for each requested one that is missing, why it is skipped.
 
     ``"all"`` means every known peer that is installed.

@@ -134,10 +134,7 @@ def render_text(result: BenchResult) -> str:
         lines.append("")
         lines.append(table.title)
         grid = [table.header] + [
-            [
-                text + (f" {BEST}" if (r, c) in table.best else "")
-                for c, text in enumerate(row)
-            ]
+            [text + (f" {BEST}" if (r, c) in table.best else "") for c, text in enumerate(row)]
             for r, row in enumerate(table.rows)
         ]
         widths = [max(len(row[c]) for row in grid) for c in range(len(table.header))]
@@ -174,7 +171,7 @@ def render_markdown(result: BenchResult, level: int = 3) -> str:
     out.append("")
     out.extend(verdict_lines(result))
     if len(result.impls) > 1:
-        out += ["", RATIO_NOTE.replace("(r x)", "(r×)")]
+        out += ["", RATIO_NOTE]
     if notes:
         out.append("")
         out.extend(f"[{i}] {note}  " for i, note in enumerate(notes, start=1))

@@ -68,7 +68,9 @@ class BenchResult:
         stat = self.cell(workload, metric, method, impl).stat
         return None if stat is None else stat.median
 
-    def best(self, workload: str, metric: str, candidates: list[tuple[str, str]]) -> Optional[tuple[str, str]]:
+    def best(
+        self, workload: str, metric: str, candidates: list[tuple[str, str]]
+    ) -> Optional[tuple[str, str]]:
         """The best of (method, impl) candidates for a metric, or None if none has a number."""
         higher = _metric(workload, metric).higher_is_better
         scored = [

@@ -76,3 +76,22 @@ def format_stat(stat: Optional[Stat]) -> str:
     if spread is not None:
         text += f" ±{spread:.0f}%"
     return text
+
+
+def format_seconds(seconds: Optional[float]) -> str:
+    """A duration in s, ms or us, about three significant digits."""
+    if seconds is None:
+        return "-"
+    if seconds >= 1:
+        return f"{format_value(seconds)} s"
+    if seconds >= 1e-3:
+        return f"{format_value(seconds * 1e3)} ms"
+    return f"{format_value(seconds * 1e6)} us"
+
+
+def format_duration_stat(stat: Optional[Stat]) -> str:
+    """``median ±spread%`` of a duration in seconds."""
+    if stat is None:
+        return "-"
+    spread = stat.spread_pct
+    return format_seconds(stat.median) + ("" if spread is None else f" ±{spread:.0f}%")

@@ -25,7 +25,7 @@ from ._orchestrate import (
     rotate,
 )
 from ._result import impl_title
-from ._stats import Stat, format_stat, format_value, summarize
+from ._stats import Stat, format_seconds, summarize
 
 DEFAULT_COUNT = 100
 DEFAULT_TARGET_TIMEOUT = 60.0
@@ -146,7 +146,9 @@ class TargetResult:
             "first_call": self.first_call,
             "serial": None if self.serial is None else self.serial.to_dict(),
             "rows": self.rows(),
-            "best": None if best is None else {"impl": best[0], "method": best[1], "chunksize": best[2]},
+            "best": None
+            if best is None
+            else {"impl": best[0], "method": best[1], "chunksize": best[2]},
             "failure": self.failure,
             "stage": self.stage,
             "details": self.details,
@@ -164,7 +166,7 @@ class TargetResult:
         assert stat is not None
         text = (
             f"fastest: start_method={best[1]!r} with chunksize={best[2]}: "
-            f"{format_value(stat.median)} s for {self.items} calls"
+            f"{format_seconds(stat.median)} for {self.items} calls"
         )
         if self.serial:
             text += f", {self.serial.median / stat.median:.2f}x the serial speed"
@@ -257,7 +259,9 @@ def run_target(
     result.first_call = str(probe.data.get("result", ""))
     sizes = sizes or default_chunksizes(result.items, pool_size)
     impls = ["poolkit", *peers]
-    configs = [(impl, method, size) for method in chosen_methods for size in sizes for impl in impls]
+    configs = [
+        (impl, method, size) for method in chosen_methods for size in sizes for impl in impls
+    ]
     samples: dict[Config, list[float]] = {c: [] for c in configs}
     serial: list[float] = []
     jobs: list[Optional[Config]] = []
@@ -266,14 +270,25 @@ def run_target(
         jobs.extend(rotate(configs, round_index))  # type: ignore[arg-type]
     started = time.monotonic()
     for index, config in enumerate(jobs):
-        what = "serial" if config is None else f"{impl_title(config[0])} {config[1]} chunksize={config[2]}"
+        what = (
+            "serial"
+            if config is None
+            else f"{impl_title(config[0])} {config[1]} chunksize={config[2]}"
+        )
         show(f"[{index + 1}/{len(jobs)}] {target}: {what} ({time.monotonic() - started:.0f} s)")
         if config is None:
             outcome = launch(dict(base, kind="target_serial"), timeout)
         else:
             if config in result.errors:
                 continue  # failed once: do not wait for it again
-            spec = dict(base, kind="target_map", impl=config[0], method=config[1], chunksize=config[2], workers=pool_size)
+            spec = dict(
+                base,
+                kind="target_map",
+                impl=config[0],
+                method=config[1],
+                chunksize=config[2],
+                workers=pool_size,
+            )
             outcome = launch(spec, timeout)
         if outcome.ok:
             (serial if config is None else samples[config]).append(float(outcome.data["seconds"]))
@@ -326,15 +341,23 @@ def _record_failure(
 def _where_it_hung(stderr: str) -> str:
     """The main thread's stack from the runner's faulthandler dump, innermost call first."""
     lines = stderr.splitlines()
-    start = next((i for i, line in enumerate(lines) if "most recent call first" in line and "Current thread" in line), None)
+    start = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if "most recent call first" in line and "Current thread" in line
+        ),
+        None,
+    )
     if start is None:
         return stderr.strip()[-2000:]
     stack = []
     for line in lines[start + 1 :]:
         if not line.strip().startswith("File"):
             break
-        stack.append(line.strip())
-    return "\n".join(stack)
+        if "_pkbench" not in line and '"<string>"' not in line:
+            stack.append("  " + line.strip())
+    return "where it was when stopped (innermost first):\n" + "\n".join(stack)
 
 
 def machine_line(result: TargetResult) -> str:

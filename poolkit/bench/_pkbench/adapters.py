@@ -56,7 +56,9 @@ class PoolkitAdapter(PoolAdapter):
         import poolkit
 
         self.pool = poolkit.Executor(workers, start_method=method)
-        self.submit = self.pool.submit  # type: ignore[method-assign]
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.submit(fn, *args)
 
     def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
         return list(self.pool.map(fn, items, chunksize=chunksize))
@@ -75,7 +77,9 @@ class StdlibAdapter(PoolAdapter):
 
         context = multiprocessing.get_context(method)
         self.pool = ProcessPoolExecutor(workers, mp_context=context)
-        self.submit = self.pool.submit  # type: ignore[method-assign]
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.submit(fn, *args)
 
     def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
         return list(self.pool.map(fn, items, chunksize=chunksize))
@@ -117,7 +121,9 @@ class LokyAdapter(PoolAdapter):
         loky: Any = importlib.import_module("loky")
         context = importlib.import_module("loky.backend.context").get_context(method)
         self.pool = loky.ProcessPoolExecutor(max_workers=workers, context=context)
-        self.submit = self.pool.submit  # type: ignore[method-assign]
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.submit(fn, *args)
 
     def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
         return list(self.pool.map(fn, items, chunksize=chunksize))
@@ -143,7 +149,8 @@ class MpireAdapter(PoolAdapter):
         return handle.get()
 
     def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
-        return list(self.pool.map(fn, items, chunk_size=chunksize))
+        # mpire unpacks tuple items into arguments; wrap each item so fn gets it whole.
+        return list(self.pool.map(fn, [(item,) for item in items], chunk_size=chunksize))
 
     def shutdown(self) -> None:
         self.pool.stop_and_join()

@@ -107,7 +107,11 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "cpu",
         "CPU scaling",
-        (Metric("speedup", "CPU scaling, {tasks} x {task_ms} ms pure-Python tasks", "x serial", True),),
+        (
+            Metric(
+                "speedup", "CPU scaling, {tasks} x {task_ms} ms pure-Python tasks", "x serial", True
+            ),
+        ),
         {"tasks": 32, "task_ms": 10},
         {"tasks": 8, "task_ms": 5},
     ),

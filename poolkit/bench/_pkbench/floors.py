@@ -79,6 +79,7 @@ def floor_cold(method: str, workers: int, params: dict[str, Any]) -> Values:
 
 def floor_respawn(method: str, workers: int, params: dict[str, Any]) -> Values:
     """One bare process start: what replacing a worker cannot beat."""
+    _stop_bare(*_start_bare(method, 1)[:2])  # warm-up (starts the fork server, if any)
     samples = []
     for _ in range(int(params.get("kills", 3))):
         processes, conns, first, _ = _start_bare(method, 1)
@@ -106,7 +107,7 @@ def floor_latency(method: str, workers: int, params: dict[str, Any]) -> Values:
     warmup, count = int(params["warmup"]), int(params["samples"])
 
     def connection_round_trips(conn: Connection) -> Values:
-        message = (1, "noop", (), {})
+        message: tuple[Any, ...] = (1, "noop", (), {})
         for _ in range(warmup):
             conn.send(message)
             conn.recv()
@@ -117,7 +118,10 @@ def floor_latency(method: str, workers: int, params: dict[str, Any]) -> Values:
             conn.send(message)
             conn.recv()
             samples.append(clock() - start)
-        return {"median_us": statistics.median(samples) / 1e3, "p99_us": percentile(samples, 99) / 1e3}
+        return {
+            "median_us": statistics.median(samples) / 1e3,
+            "p99_us": percentile(samples, 99) / 1e3,
+        }
 
     values = _with_echo(method, connection_round_trips)
     raw = _raw_pipe_round_trips(warmup, count)
@@ -164,7 +168,7 @@ def floor_pipeline(method: str, workers: int, params: dict[str, Any]) -> Values:
     count = int(params.get("tasks", params.get("items", 10000)))
 
     def pipeline(conn: Connection) -> Values:
-        message = (1, "noop", (), {})
+        message: tuple[Any, ...] = (1, "noop", (), {})
 
         def send_all() -> None:
             for _ in range(count):

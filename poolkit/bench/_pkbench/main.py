@@ -52,10 +52,9 @@ def dispatch(spec: dict[str, Any]) -> dict[str, Any]:
             sys.path.insert(1, path)
     kind = spec.get("kind", "workload")
     try:
-        if kind == "workload":
-            result = run_workload(spec)
-        else:
-            result = target.KINDS[kind](spec)
+        result = run_workload(spec) if kind == "workload" else target.KINDS[kind](spec)
+    except Unsupported as exc:
+        return {"ok": False, "skipped": str(exc), "error": str(exc)}
     except target.TargetError as exc:
         return {
             "ok": False,
@@ -74,11 +73,19 @@ def dispatch(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _cause_traceback(exc: BaseException) -> str:
+def _cause_traceback(exc: target.TargetError) -> str:
+    """The user's part of the traceback of what went wrong (the runner's frames dropped)."""
     cause = exc.__cause__
-    if cause is None:
-        return ""
-    lines = traceback.format_exception(type(cause), cause, cause.__traceback__)
+    if cause is None or (isinstance(cause, ModuleNotFoundError) and exc.stage == "import"):
+        return ""  # the message says it all
+    frames = [
+        frame
+        for frame in traceback.extract_tb(cause.__traceback__)
+        if "_pkbench" not in frame.filename and "importlib" not in frame.filename
+    ]
+    lines = ["Traceback (most recent call last):\n"]
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(cause), cause)
     return "".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The runner's side of ``--target``: import the user's function and time it, serially or in a pool."""
+"""The runner's side of ``--target``: import the user's function; time it serially or pooled."""
 
 from __future__ import annotations
 
@@ -18,23 +18,23 @@ class TargetError(Exception):
         self.stage = stage
 
 
-def resolve(reference: str, what: str) -> Any:
+def resolve(reference: str, what: str, stage: str = "import") -> Any:
     """Import ``module:attribute`` (dots allowed in both)."""
     module_name, sep, attribute = reference.partition(":")
     if not sep or not module_name or not attribute:
-        raise TargetError("import", f"{what} must look like module:name, got {reference!r}")
+        raise TargetError(stage, f"{what} must look like module:name, got {reference!r}")
     try:
         obj: Any = importlib.import_module(module_name)
     except BaseException as exc:
         raise TargetError(
-            "import", f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+            stage, f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
         ) from exc
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise TargetError(
-                "import", f"module {module_name!r} has no attribute {attribute!r}"
+                stage, f"module {module_name!r} has no attribute {attribute!r}"
             ) from None
     return obj
 
@@ -45,7 +45,7 @@ def load(spec: dict[str, Any]) -> tuple[Callable[..., Any], list[tuple[Any, ...]
     if not callable(fn):
         raise TargetError("import", f"{spec['target']} is not callable ({type(fn).__name__})")
     if spec.get("inputs"):
-        source = resolve(spec["inputs"], "--inputs")
+        source = resolve(spec["inputs"], "--inputs", "inputs")
         try:
             if callable(source):
                 source = source()

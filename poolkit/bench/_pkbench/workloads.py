@@ -32,7 +32,10 @@ class Measured(Exception):
 
 
 def until_pids(
-    pool: PoolAdapter, count: int, known: frozenset[int] = frozenset(), timeout: float = READY_TIMEOUT
+    pool: PoolAdapter,
+    count: int,
+    known: frozenset[int] = frozenset(),
+    timeout: float = READY_TIMEOUT,
 ) -> set[int]:
     """Run waves of short tasks until ``count`` distinct worker pids not in ``known`` answered."""
     seen: set[int] = set()
