@@ -80,7 +80,7 @@ def measure_respawn(pool: PoolAdapter, params: dict[str, Any]) -> Values:
                 f"the pool cannot go on after a worker's death ({type(exc).__name__})"
             ) from None
         samples.append(time.perf_counter() - started)
-        known = frozenset(known | fresh)
+        known = frozenset((known - {victim}) | fresh)
     return {"respawn_ms": statistics.median(samples) * 1e3}
 
 
