@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,31 +50,42 @@ class Outcome:
 def launch(spec: dict[str, Any], timeout: float) -> Outcome:
     """Run ``spec`` in a fresh process; never raises for anything the measured code does."""
     spec = dict(spec, sys_path=[p for p in sys.path if p])
-    process = subprocess.Popen(
-        [sys.executable, "-c", _BOOT.format(BENCH_DIR)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = process.communicate(json.dumps(spec).encode(), timeout=timeout)
-    except subprocess.TimeoutExpired:
+    # Files, not pipes, for the output: a process the measurement left behind would keep a
+    # pipe open, and reading it to end-of-file would wait for that process forever.
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _BOOT.format(BENCH_DIR)],
+            stdin=subprocess.PIPE,
+            stdout=out_file,
+            stderr=err_file,
+            start_new_session=True,
+        )
+        timed_out = False
         try:
-            os.kill(process.pid, signal.SIGUSR1)  # the runner dumps its threads' stacks
-            time.sleep(0.3)
-        except ProcessLookupError:
-            pass
-        _kill_group(process.pid)
-        out, err = process.communicate()
-        stderr = err.decode(errors="replace")
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(spec).encode())
+            process.stdin.close()
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            try:
+                os.kill(process.pid, signal.SIGUSR1)  # the runner dumps its threads' stacks
+                time.sleep(0.3)
+            except ProcessLookupError:
+                pass
+            _kill_group(process.pid)
+            process.wait()
+        except BaseException:  # Ctrl-C: take the measurement's processes down with us
+            _kill_group(process.pid)
+            process.wait()
+            raise
+        leftovers = _reap_group(process.pid)
+        out_file.seek(0)
+        err_file.seek(0)
+        out = out_file.read()
+        stderr = err_file.read().decode(errors="replace")
+    if timed_out:
         return Outcome({"ok": False, "error": f"timed out after {timeout:g} s"}, stderr, True)
-    except BaseException:  # Ctrl-C: take the measurement's processes down with us
-        _kill_group(process.pid)
-        process.wait()
-        raise
-    stderr = err.decode(errors="replace")
-    leftovers = _reap_group(process.pid)
     if leftovers:
         logger.warning(
             "processes left behind by a measurement (%s): %s", spec.get("impl"), leftovers

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 
 class PoolAdapter:
@@ -34,9 +34,9 @@ class PoolAdapter:
         """Schedule ``fn(*args)``; return a handle for :meth:`wait`."""
         raise NotImplementedError
 
-    def wait(self, handle: Any) -> Any:
-        """The result of a submitted task (re-raises its exception)."""
-        return handle.result()
+    def wait(self, handle: Any, timeout: Optional[float] = None) -> Any:
+        """The result of a submitted task (re-raises its exception; TimeoutError if late)."""
+        return handle.result(timeout)
 
     def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
         """``[fn(x) for x in items]`` in the pool, with the given chunksize."""
@@ -45,6 +45,10 @@ class PoolAdapter:
     def shutdown(self) -> None:
         """Stop the pool and wait for its workers."""
         raise NotImplementedError
+
+    def abort(self) -> None:
+        """Stop a pool that may be stuck (after a worker's death): no waiting for tasks."""
+        self.shutdown()
 
 
 class PoolkitAdapter(PoolAdapter):
@@ -99,8 +103,11 @@ class MpPoolAdapter(PoolAdapter):
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.pool.apply_async(fn, args)
 
-    def wait(self, handle: Any) -> Any:
-        return handle.get()
+    def wait(self, handle: Any, timeout: Optional[float] = None) -> Any:
+        try:
+            return handle.get(timeout)
+        except multiprocessing.TimeoutError:
+            raise TimeoutError("no result in time") from None
 
     def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
         return self.pool.map(fn, items, chunksize)
@@ -108,6 +115,13 @@ class MpPoolAdapter(PoolAdapter):
     def shutdown(self) -> None:
         self.pool.close()
         self.pool.join()
+
+    def abort(self) -> None:
+        # Not terminate(): it takes the task queue's lock, which a killed worker may hold
+        # forever. Kill the workers; the runner then exits without running finalizers.
+        for process in list(getattr(self.pool, "_pool", [])):
+            process.kill()
+            process.join(1.0)
 
 
 class LokyAdapter(PoolAdapter):
@@ -145,8 +159,11 @@ class MpireAdapter(PoolAdapter):
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.pool.apply_async(fn, args)
 
-    def wait(self, handle: Any) -> Any:
-        return handle.get()
+    def wait(self, handle: Any, timeout: Optional[float] = None) -> Any:
+        try:
+            return handle.get(timeout)
+        except multiprocessing.TimeoutError:
+            raise TimeoutError("no result in time") from None
 
     def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
         # mpire unpacks tuple items into arguments; wrap each item so fn gets it whole.
@@ -154,6 +171,9 @@ class MpireAdapter(PoolAdapter):
 
     def shutdown(self) -> None:
         self.pool.stop_and_join()
+        self.pool.terminate()
+
+    def abort(self) -> None:
         self.pool.terminate()
 
 
@@ -175,6 +195,10 @@ class PebbleAdapter(PoolAdapter):
 
     def shutdown(self) -> None:
         self.pool.close()
+        self.pool.join()
+
+    def abort(self) -> None:
+        self.pool.stop()
         self.pool.join()
 
 

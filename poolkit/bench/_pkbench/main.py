@@ -33,14 +33,17 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
         pool = make_pool(impl, method, workers)
     except Unsupported as exc:
         return {"skipped": str(exc)}
+    stuck = False
     try:
         workloads.until_pids(pool, workers)  # warm-up: every worker is up and has run a task
         return {"values": workloads.WARM[name](pool, params)}
     except workloads.Measured as exc:
-        return {"values": {}, "note": str(exc)}
+        stuck = True
+        # The pool may be wedged: skip its exit-time finalizers, which could wait forever.
+        return {"values": {}, "note": str(exc), "hard_exit": True}
     finally:
         try:
-            pool.shutdown()
+            pool.abort() if stuck else pool.shutdown()
         except Exception as exc:  # a broken pool may complain; the measurement is done
             print(f"shutdown after the measurement failed: {exc!r}", file=sys.stderr)
 
@@ -106,4 +109,6 @@ def main() -> int:
     while data:
         data = data[os.write(out, data) :]
     os.close(out)
+    if result.get("hard_exit"):
+        os._exit(0)
     return 0

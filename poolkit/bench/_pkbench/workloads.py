@@ -13,6 +13,7 @@ import os
 import signal
 import statistics
 import time
+from concurrent import futures
 from typing import Any, Callable, Optional
 
 from . import tasks
@@ -25,6 +26,8 @@ Factory = Callable[[], PoolAdapter]
 WAVE_SLEEP = 0.001
 #: Give up on a pool that does not reach full strength within this many seconds.
 READY_TIMEOUT = 30.0
+#: A replacement slower than this counts as no replacement.
+RESPAWN_TIMEOUT = 5.0
 
 
 class Measured(Exception):
@@ -42,9 +45,17 @@ def until_pids(
     deadline = time.perf_counter() + timeout
     while len(seen) < count:
         if time.perf_counter() > deadline:
-            raise Measured(f"only {len(seen)} of {count} workers answered within {timeout:g} s")
+            raise Measured(f"only {len(seen)} of {count} new workers answered within {timeout:g} s")
         handles = [pool.submit(tasks.sleep_pid, WAVE_SLEEP) for _ in range(pool.workers)]
-        seen.update(pid for pid in (pool.wait(h) for h in handles) if pid not in known)
+        for handle in handles:
+            try:
+                pid = pool.wait(handle, max(0.0, deadline - time.perf_counter()))
+            except (TimeoutError, futures.TimeoutError):
+                # A pool can hang for good after a worker's death (multiprocessing.Pool
+                # does when the killed worker held its task queue's lock).
+                raise Measured(f"the pool hung: no result within {timeout:g} s") from None
+            if pid not in known:
+                seen.add(pid)
     return seen
 
 
@@ -72,9 +83,9 @@ def measure_respawn(pool: PoolAdapter, params: dict[str, Any]) -> Values:
         os.kill(victim, signal.SIGKILL)
         started = time.perf_counter()
         try:
-            fresh = until_pids(pool, 1, known, timeout=10.0)
-        except Measured:
-            raise Measured("no replacement worker within 10 s of a worker's death") from None
+            fresh = until_pids(pool, 1, known, timeout=RESPAWN_TIMEOUT)
+        except Measured as exc:
+            raise Measured(f"after a worker's death: {exc}") from None
         except Exception as exc:
             raise Measured(
                 f"the pool cannot go on after a worker's death ({type(exc).__name__})"
