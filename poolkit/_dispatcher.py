@@ -59,11 +59,13 @@ logger = logging.getLogger(__name__)
 EXIT_GRACE_SECONDS = 10.0
 #: After SIGTERM, how long before SIGKILL.
 TERMINATE_GRACE_SECONDS = 2.0
-#: Tasks a worker may hold (running + prefetched) while task durations are unknown or long.
-MIN_IN_FLIGHT = 2
-MAX_IN_FLIGHT = 256
-#: Prefetch enough short tasks to keep a worker busy for about this long.
+#: Prefetch (hand a worker tasks beyond the one it runs) only when tasks are shorter than
+#: this: a prefetched task waits behind the running one even if another worker goes idle, so
+#: for long or not yet measured tasks the round trip saved is not worth that risk.
+PREFETCH_BELOW_SECONDS = 0.005
+#: With prefetch, give a worker enough tasks to keep it busy for about this long.
 PREFETCH_SECONDS = 0.002
+MAX_IN_FLIGHT = 256
 
 
 class TaskState:
@@ -289,12 +291,13 @@ class Dispatcher:
     # -------------------------------------------------------------- assignment
 
     def _in_flight_limit(self) -> int:
+        """How many tasks a worker may hold, from the measured task duration."""
         seconds = self._task_seconds
-        if seconds is None:
-            return MIN_IN_FLIGHT
+        if seconds is None or seconds >= PREFETCH_BELOW_SECONDS:
+            return 1
         if seconds <= 0:
             return MAX_IN_FLIGHT
-        return max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, int(PREFETCH_SECONDS / seconds)))
+        return max(2, min(MAX_IN_FLIGHT, int(PREFETCH_SECONDS / seconds)))
 
     def _assign(self) -> None:
         """Give pending tasks to workers with room, several per frame when tasks are short."""
@@ -440,9 +443,10 @@ class Dispatcher:
         self.pending.extendleft(reversed(requeue))
         if (requeue or blamed) and self._forced_by is None:
             logger.warning(
-                "poolkit worker %d %s; %d task(s) requeued",
+                "poolkit worker %d %s; %d task(s) failed, %d requeued",
                 worker.pid,
                 describe_exit(exitcode),
+                blamed,
                 len(requeue),
             )
         if not (worker.replaced or self._stopping or self.broken is not None):
