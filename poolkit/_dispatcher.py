@@ -93,6 +93,7 @@ class WorkerHandle:
         "closing",
         "pid",
         "process",
+        "progress_at",
         "reading",
         "ready",
         "replaced",
@@ -118,6 +119,7 @@ class WorkerHandle:
         self.closing = False  # its inbox is closed: it takes no more tasks
         self.writing = False  # its inbox is registered for write readiness
         self.reading = True  # its outbox is registered (until end-of-file)
+        self.progress_at = 0.0  # when it last finished a task, or was given work while idle
 
     @property
     def accepting(self) -> bool:
@@ -308,12 +310,17 @@ class Dispatcher:
         if not candidates:
             return
         limit = self._in_flight_limit()
+        now = time.monotonic()
         candidates.sort(key=lambda w: len(w.assigned))
         for index, worker in enumerate(candidates):
             held = len(worker.assigned)
             # Top up a worker only once it has drained to half its limit: fewer, fuller frames.
             if held >= limit or (held and held > limit // 2):
                 continue
+            if held and now - worker.progress_at > PREFETCH_BELOW_SECONDS:
+                continue  # it is running something long: queue nothing behind it
+            if not held:
+                worker.progress_at = now
             share = -(-len(pending) // (len(candidates) - index))  # spread small queues out
             room = min(limit - held, share)
             if worker.budget is not None:
@@ -394,6 +401,7 @@ class Dispatcher:
             self._on_initializer_failure(worker, message)
             return
         task = worker.assigned.popleft()
+        worker.progress_at = time.monotonic()
         if task.task_id != message.task_id:
             raise RuntimeError(
                 f"worker {worker.pid} answered task {message.task_id}, expected {task.task_id}"

@@ -64,6 +64,11 @@ def sleep_then(seconds: float, value: Any) -> Any:
     return value
 
 
+def sleep_getpid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def signal_and_wait(ready_fifo: str, release_fifo: str, value: Any = None) -> Any:
     """Tell the test this task runs (our pid on ready_fifo), then block until released.
 

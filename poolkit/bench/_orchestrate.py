@@ -221,10 +221,10 @@ def run(
                 f"{impl_title(impl)} {method} {name}: processes left after the measurement "
                 f"ended (killed): {', '.join(outcome.leftovers)}"
             )
+        if outcome.data.get("skipped"):
+            notes[key] = str(outcome.data["skipped"])
+            continue
         if not outcome.ok:
-            if outcome.data.get("skipped"):
-                notes[key] = str(outcome.data["skipped"])
-                continue
             message = outcome.error
             notes[key] = message
             result.problems.append(f"{impl_title(impl)} {method} {name}: {message}")
