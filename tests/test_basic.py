@@ -80,7 +80,11 @@ def test_map_matches_builtin(start_method: str, chunksize: int) -> None:
             i * i for i in range(50)
         ]
         assert list(ex.map(operator.add, range(5), range(10, 20), chunksize=chunksize)) == [
-            10, 12, 14, 16, 18,
+            10,
+            12,
+            14,
+            16,
+            18,
         ]
         assert list(ex.map(tasks.square, [], chunksize=chunksize)) == []
 

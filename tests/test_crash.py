@@ -42,7 +42,9 @@ def test_sigkill_fails_only_the_running_task(start_method: str, tmp_path: Path) 
     ],
     ids=["segfault", "os._exit", "self-sigkill"],
 )
-def test_crash_kinds_are_named(start_method: str, crash: object, args: tuple, expected: str) -> None:
+def test_crash_kinds_are_named(
+    start_method: str, crash: object, args: tuple, expected: str
+) -> None:
     with Executor(max_workers=2, start_method=start_method) as ex:
         others = [ex.submit(tasks.square, i) for i in range(10)]
         doomed = ex.submit(crash, *args)  # type: ignore[arg-type]

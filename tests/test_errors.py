@@ -21,7 +21,7 @@ def test_task_exception_carries_worker_traceback(start_method: str) -> None:
         cause = info.value.__cause__
         assert isinstance(cause, RemoteTraceback)
         assert "raise_value_error" in cause.tb
-        assert 'raise ValueError(message)' in cause.tb
+        assert "raise ValueError(message)" in cause.tb
         assert "Traceback (most recent call last)" in str(cause)
         # The pool is unaffected.
         assert ex.submit(tasks.square, 3).result() == 9
@@ -51,8 +51,9 @@ def test_unpicklable_argument_fails_only_its_future(start_method: str) -> None:
 
 def test_error_at_task_pickle_is_a_pickling_error(start_method: str) -> None:
     with Executor(max_workers=1, start_method=start_method) as ex:
+        future = ex.submit(id, tasks.ErrorAtPickle())
         with pytest.raises(pickle.PicklingError):
-            ex.submit(id, tasks.ErrorAtPickle()).result()
+            future.result()
 
 
 def test_unpicklable_result_fails_its_future_and_worker_lives(start_method: str) -> None:
@@ -163,8 +164,9 @@ def test_submit_after_shutdown_raises(start_method: str) -> None:
 
 @pytest.mark.smoke
 def test_initializer_runs_in_every_worker(start_method: str) -> None:
-    with Executor(2, initializer=tasks.init_state, initargs=("ready",),
-                  start_method=start_method) as ex:
+    with Executor(
+        2, initializer=tasks.init_state, initargs=("ready",), start_method=start_method
+    ) as ex:
         assert [f.result() for f in [ex.submit(tasks.get_state) for _ in range(6)]] == ["ready"] * 6
 
 
