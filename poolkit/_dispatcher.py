@@ -36,22 +36,14 @@ import signal
 import threading
 import time
 import weakref
-from concurrent.futures import Future
-from multiprocessing.process import BaseProcess
-from typing import Any, Callable, Optional
+from typing import Optional
 
-from . import _serialization as serialization
 from ._backends import Backend
-from ._errors import (
-    BrokenProcessPool,
-    DeserializationError,
-    RemoteTraceback,
-    WorkerCrashedError,
-    describe_exit,
-)
+from ._errors import BrokenProcessPool, WorkerCrashedError, describe_exit
 from ._messages import MessageKind, WorkerMessage, batch_prefix, decode_message
-from ._transport import RunningSlot, WorkerChannel, register_parent_fd, unregister_parent_fd
-from ._worker import worker_main
+from ._tasks import TaskState, fail, rebuild_exception, resolve
+from ._transport import register_parent_fd, unregister_parent_fd
+from ._workers import WorkerHandle
 
 logger = logging.getLogger(__name__)
 
@@ -66,64 +58,6 @@ PREFETCH_BELOW_SECONDS = 0.005
 #: With prefetch, give a worker enough tasks to keep it busy for about this long.
 PREFETCH_SECONDS = 0.002
 MAX_IN_FLIGHT = 256
-
-
-class TaskState:
-    """The parent's record of one submitted task, until its future is resolved."""
-
-    __slots__ = ("fn_name", "future", "parts", "started", "task_id")
-
-    def __init__(
-        self, task_id: int, future: Future[Any], parts: tuple[bytes, ...], fn_name: str
-    ) -> None:
-        self.task_id = task_id
-        self.future = future
-        self.parts = parts  # encoded record, kept until resolved in case it must be resent
-        self.fn_name = fn_name
-        self.started = False  # set_running_or_notify_cancel() has been called
-
-
-class WorkerHandle:
-    """The parent's record of one worker process."""
-
-    __slots__ = (
-        "assigned",
-        "budget",
-        "channel",
-        "closing",
-        "pid",
-        "process",
-        "progress_at",
-        "reading",
-        "ready",
-        "replaced",
-        "running",
-        "writing",
-    )
-
-    def __init__(
-        self,
-        process: BaseProcess,
-        channel: WorkerChannel,
-        running: RunningSlot,
-        budget: Optional[int],
-    ) -> None:
-        self.process = process
-        self.pid: int = process.pid  # type: ignore[assignment]
-        self.channel = channel
-        self.running = running  # shared slot: id of the task the worker runs, 0 when idle
-        self.assigned: collections.deque[TaskState] = collections.deque()
-        self.budget = budget  # tasks it may still be given (max_tasks_per_child), or None
-        self.ready = False  # the initializer ran
-        self.replaced = False  # a successor was already started
-        self.closing = False  # its inbox is closed: it takes no more tasks
-        self.writing = False  # its inbox is registered for write readiness
-        self.reading = True  # its outbox is registered (until end-of-file)
-        self.progress_at = 0.0  # when it last finished a task, or was given work while idle
-
-    @property
-    def accepting(self) -> bool:
-        return self.ready and not self.closing and self.budget != 0
 
 
 class Dispatcher:
@@ -256,7 +190,7 @@ class Dispatcher:
             error.__cause__ = exc
             self._break(error)
             for worker in list(self._workers.values()):
-                _signal(worker.process, signal.SIGKILL)
+                worker.signal(signal.SIGKILL)
                 worker.process.join()
                 self._release(worker)
         finally:
@@ -410,10 +344,10 @@ class Dispatcher:
         self._task_seconds = (
             message.duration if previous is None else 0.8 * previous + 0.2 * message.duration
         )
-        _resolve(task, message, worker.pid)
+        resolve(task, message, worker.pid)
 
     def _on_initializer_failure(self, worker: WorkerHandle, message: WorkerMessage) -> None:
-        cause = _rebuild_exception(message, "the initializer's exception")
+        cause = rebuild_exception(message, "the initializer's exception")
         error = BrokenProcessPool(
             f"the initializer failed in worker {worker.pid} "
             f"({type(cause).__name__}: {cause}); the pool cannot start workers"
@@ -443,9 +377,9 @@ class Dispatcher:
         for task in worker.assigned:
             if task.task_id == crashed_id:
                 blamed += 1
-                _fail(task, self._crash_error(worker, exitcode, task))
+                fail(task, self._crash_error(worker, exitcode, task))
             elif self.broken is not None or self._forced_by is not None:
-                _fail(task, self._not_run_error())
+                fail(task, self._not_run_error())
             else:
                 requeue.append(task)  # taken but not started: another worker runs it
         self.pending.extendleft(reversed(requeue))
@@ -487,26 +421,15 @@ class Dispatcher:
     # ------------------------------------------------------------------ workers
 
     def _start_worker(self) -> WorkerHandle:
-        channel = WorkerChannel(self._backend.context)
-        running = RunningSlot()
-        try:
-            process = self._backend.start_worker(
-                worker_main,
-                (channel.worker_inbox, channel.worker_outbox, running, self._config_blob),
-                name=f"poolkit-worker-{self._backend.name}",
-            )
-        except BaseException:
-            channel.close()
-            running.close()
-            raise
-        channel.release_worker_ends()
-        worker = WorkerHandle(process, channel, running, self._max_tasks_per_child)
+        worker = WorkerHandle.start(self._backend, self._config_blob, self._max_tasks_per_child)
         self._workers[worker.pid] = worker
         self._selector.register(
-            channel.outbox_fd, selectors.EVENT_READ, lambda m: self._on_readable(worker, m)
+            worker.channel.outbox_fd, selectors.EVENT_READ, lambda m: self._on_readable(worker, m)
         )
         self._selector.register(
-            process.sentinel, selectors.EVENT_READ, lambda m: self._on_worker_exit(worker, m)
+            worker.process.sentinel,
+            selectors.EVENT_READ,
+            lambda m: self._on_worker_exit(worker, m),
         )
         return worker
 
@@ -531,18 +454,13 @@ class Dispatcher:
         if worker.writing and worker.channel.writer is not None:
             self._selector.unregister(worker.channel.writer.fd)
             worker.writing = False
-        worker.channel.close()
-        worker.running.close()
-        try:
-            worker.process.close()
-        except ValueError:
-            pass  # still running: only after a failed kill; the sentinel stays open
+        worker.close()
 
     def _signal_all(self, signum: signal.Signals) -> None:
         self._stopping = True
         for worker in self._workers.values():
             worker.closing = True
-            _signal(worker.process, signum)
+            worker.signal(signum)
         self._grace_deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
         self._grace_step = 1 if signum != signal.SIGKILL else 2
 
@@ -573,7 +491,7 @@ class Dispatcher:
             logger.warning(
                 "poolkit worker %d did not exit in time; sending %s", worker.pid, signum.name
             )
-            _signal(worker.process, signum)
+            worker.signal(signum)
         self._grace_step += 1
         self._grace_deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
 
@@ -585,7 +503,7 @@ class Dispatcher:
         self._stop_requested = True
         for worker in list(self._workers.values()):
             while worker.assigned:
-                _fail(worker.assigned.popleft(), self._not_run_error())
+                fail(worker.assigned.popleft(), self._not_run_error())
         self._fail_pending()
         self._signal_all(signal.SIGTERM)
 
@@ -595,14 +513,14 @@ class Dispatcher:
                 task = self.pending.popleft()
             except IndexError:
                 return
-            _fail(task, self._not_run_error())
+            fail(task, self._not_run_error())
 
     def _fail_leftovers(self) -> None:
         # Every future resolves: anything still queued when the loop ends gets an error.
         self._fail_pending()
         for worker in self._workers.values():
             while worker.assigned:
-                _fail(worker.assigned.popleft(), self._not_run_error())
+                fail(worker.assigned.popleft(), self._not_run_error())
 
     def _close_fds(self) -> None:
         for fd in (self._wake_r, self._wake_w, self._selector.fileno()):
@@ -613,65 +531,3 @@ class Dispatcher:
                 os.close(fd)
             except OSError:
                 pass
-
-
-# ---------------------------------------------------------------- future resolution
-
-
-def _resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:
-    if message.kind is MessageKind.RESULT:
-        try:
-            value = serialization.loads(message.payload)
-        except BaseException as exc:  # SystemExit too: it must not end the dispatcher
-            error = DeserializationError(
-                f"the result of {task.fn_name}() from worker {pid} could not be unpickled: "
-                f"{type(exc).__name__}: {exc}"
-            )
-            error.__cause__ = exc
-            _fail(task, error)
-            return
-        _set(task, lambda f: f.set_result(value))
-    else:
-        _fail(task, _rebuild_exception(message, f"the exception raised by {task.fn_name}()"))
-
-
-def _rebuild_exception(message: WorkerMessage, what: str) -> BaseException:
-    """The exception a worker sent, with the worker's traceback as its ``__cause__``."""
-    remote = RemoteTraceback(message.traceback)
-    exc: BaseException
-    try:
-        exc = serialization.loads(message.payload)
-        if not isinstance(exc, BaseException):
-            raise TypeError(f"expected an exception, got {type(exc).__name__}")
-    except BaseException as unpickling_error:
-        exc = DeserializationError(
-            f"{what} could not be unpickled: {type(unpickling_error).__name__}: {unpickling_error}"
-        )
-    exc.__cause__ = remote
-    return exc
-
-
-def _fail(task: TaskState, error: BaseException) -> None:
-    _set(task, lambda f: f.set_exception(error))
-
-
-def _set(task: TaskState, action: Callable[[Future[Any]], None]) -> None:
-    task.parts = ()
-    future = task.future
-    if not task.started and not future.set_running_or_notify_cancel():
-        return  # cancelled while pending
-    task.started = True
-    try:
-        action(future)
-    except Exception:  # InvalidStateError: already resolved; never let it stop the loop
-        logger.debug("future of task %d was already resolved", task.task_id)
-
-
-def _signal(process: BaseProcess, signum: signal.Signals) -> None:
-    pid = process.pid
-    if pid is None or process.exitcode is not None:
-        return
-    try:
-        os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass

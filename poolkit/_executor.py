@@ -18,9 +18,10 @@ from typing import Any, Callable, Optional, TypeVar
 
 from . import _serialization as serialization
 from ._backends import resolve_backend
-from ._dispatcher import Dispatcher, TaskState
+from ._dispatcher import Dispatcher
 from ._errors import BrokenProcessPool
 from ._messages import TaskKind, encode_task
+from ._tasks import TaskState
 from ._worker import WorkerConfig
 
 T = TypeVar("T")

@@ -1,0 +1,79 @@
+"""The parent's record of a submitted task, and how its future is resolved."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from . import _serialization as serialization
+from ._errors import DeserializationError, RemoteTraceback
+from ._messages import MessageKind, WorkerMessage
+
+logger = logging.getLogger(__name__)
+
+
+class TaskState:
+    """The parent's record of one submitted task, until its future is resolved."""
+
+    __slots__ = ("fn_name", "future", "parts", "started", "task_id")
+
+    def __init__(
+        self, task_id: int, future: Future[Any], parts: tuple[bytes, ...], fn_name: str
+    ) -> None:
+        self.task_id = task_id
+        self.future = future
+        self.parts = parts  # encoded record, kept until resolved in case it must be resent
+        self.fn_name = fn_name
+        self.started = False  # set_running_or_notify_cancel() has been called
+
+
+def resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:
+    """Resolve the task's future from the worker's RESULT or ERROR message."""
+    if message.kind is MessageKind.RESULT:
+        try:
+            value = serialization.loads(message.payload)
+        except BaseException as exc:  # SystemExit too: it must not end the dispatcher
+            error = DeserializationError(
+                f"the result of {task.fn_name}() from worker {pid} could not be unpickled: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            fail(task, error)
+            return
+        _set(task, lambda f: f.set_result(value))
+    else:
+        fail(task, rebuild_exception(message, f"the exception raised by {task.fn_name}()"))
+
+
+def rebuild_exception(message: WorkerMessage, what: str) -> BaseException:
+    """The exception a worker sent, with the worker's traceback as its ``__cause__``."""
+    remote = RemoteTraceback(message.traceback)
+    exc: BaseException
+    try:
+        exc = serialization.loads(message.payload)
+        if not isinstance(exc, BaseException):
+            raise TypeError(f"expected an exception, got {type(exc).__name__}")
+    except BaseException as unpickling_error:
+        exc = DeserializationError(
+            f"{what} could not be unpickled: {type(unpickling_error).__name__}: {unpickling_error}"
+        )
+    exc.__cause__ = remote
+    return exc
+
+
+def fail(task: TaskState, error: BaseException) -> None:
+    """Resolve the task's future with ``error`` (unless the caller cancelled it first)."""
+    _set(task, lambda f: f.set_exception(error))
+
+
+def _set(task: TaskState, action: Callable[[Future[Any]], None]) -> None:
+    task.parts = ()
+    future = task.future
+    if not task.started and not future.set_running_or_notify_cancel():
+        return  # cancelled while pending
+    task.started = True
+    try:
+        action(future)
+    except Exception:  # InvalidStateError: already resolved; never let it stop the loop
+        logger.debug("future of task %d was already resolved", task.task_id)

@@ -1,0 +1,94 @@
+"""The parent's record of one worker process: how it is started, signalled and released."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+from multiprocessing.process import BaseProcess
+from typing import Optional
+
+from ._backends import Backend
+from ._tasks import TaskState
+from ._transport import RunningSlot, WorkerChannel
+from ._worker import worker_main
+
+
+class WorkerHandle:
+    """The parent's record of one worker process."""
+
+    __slots__ = (
+        "assigned",
+        "budget",
+        "channel",
+        "closing",
+        "pid",
+        "process",
+        "progress_at",
+        "reading",
+        "ready",
+        "replaced",
+        "running",
+        "writing",
+    )
+
+    def __init__(
+        self,
+        process: BaseProcess,
+        channel: WorkerChannel,
+        running: RunningSlot,
+        budget: Optional[int],
+    ) -> None:
+        self.process = process
+        self.pid: int = process.pid  # type: ignore[assignment]
+        self.channel = channel
+        self.running = running  # shared slot: id of the task the worker runs, 0 when idle
+        self.assigned: collections.deque[TaskState] = collections.deque()
+        self.budget = budget  # tasks it may still be given (max_tasks_per_child), or None
+        self.ready = False  # the initializer ran
+        self.replaced = False  # a successor was already started
+        self.closing = False  # its inbox is closed: it takes no more tasks
+        self.writing = False  # its inbox is registered for write readiness
+        self.reading = True  # its outbox is registered (until end-of-file)
+        self.progress_at = 0.0  # when it last finished a task, or was given work while idle
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and not self.closing and self.budget != 0
+
+    @classmethod
+    def start(cls, backend: Backend, config_blob: bytes, budget: Optional[int]) -> WorkerHandle:
+        """Create the worker's channel and slot, and start its process."""
+        channel = WorkerChannel(backend.context)
+        running = RunningSlot()
+        try:
+            process = backend.start_worker(
+                worker_main,
+                (channel.worker_inbox, channel.worker_outbox, running, config_blob),
+                name=f"poolkit-worker-{backend.name}",
+            )
+        except BaseException:
+            channel.close()
+            running.close()
+            raise
+        channel.release_worker_ends()  # the worker has its own copies now
+        return cls(process, channel, running, budget)
+
+    def signal(self, signum: signal.Signals) -> None:
+        """Send ``signum`` to the worker if it still runs."""
+        process = self.process
+        if process.exitcode is not None:
+            return
+        try:
+            os.kill(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def close(self) -> None:
+        """Close everything the parent holds for this (dead) worker."""
+        self.channel.close()
+        self.running.close()
+        try:
+            self.process.close()
+        except ValueError:
+            pass  # still running: only after a failed kill; its sentinel stays open
