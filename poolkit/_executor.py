@@ -371,7 +371,10 @@ def _ordered_results(
             finally:
                 future.cancel()
                 del future
-            yield from values
+            # Pop as we go: no reference to a result is kept once it has been yielded.
+            values.reverse()
+            while values:
+                yield values.pop()
     finally:
         for future in in_flight:
             future.cancel()

@@ -177,3 +177,40 @@ def exiting_initializer() -> NoReturn:
 
 def ignore_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class FalseyError(Exception):
+    def __bool__(self) -> bool:
+        return False
+
+
+def raise_falsey() -> NoReturn:
+    raise FalseyError()
+
+
+def crash_with_data(data: bytes) -> None:
+    segfault()
+
+
+class ExitAtUnpickle:
+    def __reduce__(self) -> Any:
+        return sys.exit, (5,)
+
+
+class CrashAtUnpickle:
+    def __reduce__(self) -> Any:
+        return segfault, ()
+
+
+class CrashAtPickle:
+    def __reduce__(self) -> Any:
+        segfault()
+        return object, ()
+
+
+def return_crash_at_pickle() -> CrashAtPickle:
+    return CrashAtPickle()
+
+
+def return_exit_at_unpickle() -> ExitAtUnpickle:
+    return ExitAtUnpickle()
