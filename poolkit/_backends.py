@@ -23,10 +23,27 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
 from multiprocessing.context import BaseContext
-from multiprocessing.process import BaseProcess
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional, Protocol
+
+from ._fork_template import ForkTemplate
+from ._fork_template import supported as template_supported
 
 _WORKER_MODULE = "poolkit._worker"
+
+
+class WorkerProcess(Protocol):
+    """What the dispatcher needs of a started worker (``multiprocessing.Process`` has it)."""
+
+    @property
+    def pid(self) -> Optional[int]: ...
+    @property
+    def sentinel(self) -> int: ...
+    @property
+    def exitcode(self) -> Optional[int]: ...
+    def join(self, timeout: Optional[float] = None) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class Backend:
@@ -37,9 +54,15 @@ class Backend:
     def __init__(self, context: BaseContext) -> None:
         self.context = context
 
+    def prepare_respawns(self, target: Callable[..., Any], config_blob: bytes) -> None:
+        """Called once the first workers run, before any poolkit thread starts."""
+
+    def close(self) -> None:
+        """Release what the backend holds; called after the last worker has exited."""
+
     def start_worker(
         self, target: Callable[..., Any], args: tuple[Any, ...], name: str
-    ) -> BaseProcess:
+    ) -> WorkerProcess:
         """Start a process running ``target(*args)`` and return it once it is started."""
         # Not daemonic: tasks may start processes of their own, as under the stdlib pool.
         process = self.context.Process(target=target, args=args, name=name)  # type: ignore[attr-defined]
@@ -52,9 +75,33 @@ class Backend:
 
 
 class ForkBackend(Backend):
-    """Workers are forks of the calling process: the fastest start, no re-import."""
+    """Workers are forks of the calling process: the fastest start, no re-import.
+
+    Replacements are forked from a template process made at pool start (see
+    ``_fork_template``), never from the parent once its dispatcher thread runs.
+    """
 
     name = "fork"
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self._template: Optional[ForkTemplate] = None
+
+    def prepare_respawns(self, target: Callable[..., Any], config_blob: bytes) -> None:
+        if template_supported():
+            self._template = ForkTemplate(self.context, target, config_blob)
+
+    def start_worker(
+        self, target: Callable[..., Any], args: tuple[Any, ...], name: str
+    ) -> WorkerProcess:
+        if self._template is None:
+            return super().start_worker(target, args, name)
+        return self._template.start_worker(args)
+
+    def close(self) -> None:
+        if self._template is not None:
+            self._template.close()
+            self._template = None
 
 
 class SpawnBackend(Backend):

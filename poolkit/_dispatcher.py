@@ -43,6 +43,7 @@ from ._errors import BrokenProcessPool, WorkerCrashedError, describe_exit
 from ._messages import MessageKind, WorkerMessage, batch_prefix, decode_message
 from ._tasks import TaskState, fail, rebuild_exception, resolve
 from ._transport import register_parent_fd, unregister_parent_fd
+from ._worker import worker_main
 from ._workers import WorkerHandle
 
 logger = logging.getLogger(__name__)
@@ -105,11 +106,13 @@ class Dispatcher:
         try:
             for _ in range(self._max_workers):
                 self._start_worker()
+            self._backend.prepare_respawns(worker_main, self._config_blob)
         except BaseException:
             for worker in list(self._workers.values()):
                 worker.process.kill()
                 worker.process.join()
                 self._release(worker)
+            self._backend.close()
             self._close_fds()
             raise
         self._executor_ref = weakref.ref(executor, lambda _: self.request_stop())
@@ -196,6 +199,7 @@ class Dispatcher:
         finally:
             self._fail_leftovers()
             self._force_done.set()
+            self._backend.close()
             self._close_fds()
 
     def _on_wakeup(self, mask: int) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import collections
-import os
 import signal
-from multiprocessing.process import BaseProcess
 from typing import Optional
 
-from ._backends import Backend
+from ._backends import Backend, WorkerProcess
 from ._tasks import TaskState
 from ._transport import RunningSlot, WorkerChannel
 from ._worker import worker_main
@@ -34,7 +32,7 @@ class WorkerHandle:
 
     def __init__(
         self,
-        process: BaseProcess,
+        process: WorkerProcess,
         channel: WorkerChannel,
         running: RunningSlot,
         budget: Optional[int],
@@ -76,13 +74,12 @@ class WorkerHandle:
 
     def signal(self, signum: signal.Signals) -> None:
         """Send ``signum`` to the worker if it still runs."""
-        process = self.process
-        if process.exitcode is not None:
-            return
-        try:
-            os.kill(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # Through the process object, which knows if the pid was already reaped (and so
+        # might belong to another process by now).
+        if signum == signal.SIGKILL:
+            self.process.kill()
+        else:
+            self.process.terminate()
 
     def close(self) -> None:
         """Close everything the parent holds for this (dead) worker."""
