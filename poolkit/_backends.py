@@ -206,7 +206,9 @@ def resolve_backend(start_method: Optional[str], mp_context: Optional[BaseContex
             f"start_method={start_method!r} disagrees with mp_context, whose start method is "
             f"{context_method!r}; give one of them, or the same method in both"
         )
-    method = start_method or context_method or default_start_method()
+    method = start_method if start_method is not None else context_method
+    if method is None:
+        method = default_start_method()
     if method not in start_methods():
         raise ValueError(
             f"unknown or unavailable start method {method!r}; "

@@ -59,6 +59,8 @@ PREFETCH_BELOW_SECONDS = 0.005
 #: With prefetch, give a worker enough tasks to keep it busy for about this long.
 PREFETCH_SECONDS = 0.002
 MAX_IN_FLIGHT = 256
+#: Workers in a row that may die before they are ready before the pool is declared broken.
+MAX_STARTUP_FAILURES = 3
 
 
 class Dispatcher:
@@ -98,6 +100,7 @@ class Dispatcher:
         self._grace_deadline: Optional[float] = None
         self._grace_step = 0
         self._task_seconds: Optional[float] = None  # moving average of task run time
+        self._startup_failures = 0  # workers in a row that died before they were ready
 
     # ------------------------------------------------------------------ caller side
 
@@ -334,6 +337,7 @@ class Dispatcher:
     def _on_message(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         if message.kind is MessageKind.READY:
             worker.ready = True
+            self._startup_failures = 0
             return
         if message.kind is MessageKind.INIT_FAILED:
             self._on_initializer_failure(worker, message)
@@ -368,14 +372,7 @@ class Dispatcher:
         crashed_id = worker.running.value
         self._release(worker)
         if not worker.ready and self.broken is None and not self._stopping:
-            self._break(
-                BrokenProcessPool(
-                    f"worker {worker.pid} {describe_exit(exitcode)} while starting up "
-                    "(in the initializer, or before it; its stderr says why); the pool cannot "
-                    "start workers. Under spawn and forkserver, a script must create the "
-                    "executor under `if __name__ == '__main__':`"
-                )
-            )
+            self._on_startup_death(worker, exitcode)
         requeue = []
         blamed = 0
         for task in worker.assigned:
@@ -397,6 +394,35 @@ class Dispatcher:
             )
         if not (worker.replaced or self._stopping or self.broken is not None):
             self._start_worker_or_break()
+
+    def _on_startup_death(self, worker: WorkerHandle, exitcode: Optional[int]) -> None:
+        """A worker died before it was ready: retry a little, then declare the pool broken.
+
+        One death can be bad luck (the OOM killer, a stray signal); the same death several
+        times in a row is a broken setup (an initializer that exits, a script without the
+        ``__main__`` guard), and retrying forever would hide it.
+        """
+        self._startup_failures += 1
+        if self._startup_failures < MAX_STARTUP_FAILURES:
+            logger.warning(
+                "poolkit worker %d %s while starting up; starting another",
+                worker.pid,
+                describe_exit(exitcode),
+            )
+            return
+        hint = ""
+        if self._backend.name != "fork":
+            hint = (
+                f" Under {self._backend.name}, a script must create the executor under "
+                "`if __name__ == '__main__':`."
+            )
+        self._break(
+            BrokenProcessPool(
+                f"worker {worker.pid} {describe_exit(exitcode)} while starting up (in the "
+                f"initializer, or before it; its stderr says why), {self._startup_failures} "
+                f"times in a row; the pool cannot start workers.{hint}"
+            )
+        )
 
     def _crash_error(
         self, worker: WorkerHandle, exitcode: Optional[int], task: TaskState

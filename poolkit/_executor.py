@@ -88,7 +88,7 @@ class Executor(futures.Executor):
         max_workers: Optional[int] = None,
         mp_context: Optional[BaseContext] = None,
         initializer: Optional[Callable[..., Any]] = None,
-        initargs: tuple[Any, ...] = (),
+        initargs: Iterable[Any] = (),
         *,
         max_tasks_per_child: Optional[int] = None,
         start_method: Optional[str] = None,
@@ -101,8 +101,10 @@ class Executor(futures.Executor):
             raise ValueError(f"max_workers must be greater than 0, got {max_workers}")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        if not isinstance(initargs, tuple):
-            raise TypeError(f"initargs must be a tuple, got {type(initargs).__name__}")
+        try:
+            initargs = tuple(initargs)
+        except TypeError:
+            raise TypeError(f"initargs must be iterable, got {type(initargs).__name__}") from None
         if max_tasks_per_child is not None:
             if not isinstance(max_tasks_per_child, int) or isinstance(max_tasks_per_child, bool):
                 raise TypeError("max_tasks_per_child must be an integer")

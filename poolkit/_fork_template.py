@@ -28,8 +28,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Callable, Optional
 
 from ._messages import ChildExit, SpawnReply, SpawnRequest
+from ._slots import RunningSlot
 from ._transport import (
-    RunningSlot,
     close_inherited_parent_fds,
     register_parent_fd,
     unregister_parent_fd,

@@ -37,6 +37,8 @@ class MessageKind(enum.IntEnum):
     RESULT = 2  #: a task returned; the payload is its pickled return value.
     ERROR = 3  #: a task raised; the payload is the pickled exception, plus its traceback.
     INIT_FAILED = 4  #: the initializer raised; the payload is the pickled exception.
+    SKIPPED = 5  #: the task was stopped before it started; it did not run.
+    RETIRING = 6  #: over its memory limit: the worker exits after this message.
 
 
 class TaskRecord(NamedTuple):

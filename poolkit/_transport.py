@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import collections
 import fcntl
-import mmap
 import os
-import tempfile
-from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import Any, Optional
+from typing import Optional
 
 from ._messages import Buffer, frame_header, parse_frame_header
 
@@ -220,62 +217,3 @@ class WorkerChannel:
         if not self._outbox.closed:
             unregister_parent_fd(self._outbox.fileno())
             self._outbox.close()
-
-
-class RunningSlot:
-    """Eight bytes of memory shared by the parent and one worker: the running task's id.
-
-    The worker writes the id before it runs a task and 0 after it replied; the parent reads
-    it when the worker dies. A private memfd per worker, not the ``multiprocessing`` heap,
-    so nothing outlives the worker's channel. Picklable only while a worker is being
-    started (its descriptor travels like a Connection's).
-    """
-
-    def __init__(self, fd: Optional[int] = None) -> None:
-        owner = fd is None
-        if fd is None:
-            fd = _anonymous_file(8)
-        self._map = mmap.mmap(fd, 8)
-        self._view = memoryview(self._map).cast("Q")
-        if owner:
-            self.fd: Optional[int] = fd
-            register_parent_fd(fd)  # a forked worker keeps the mapping, not the descriptor
-        else:
-            os.close(fd)  # the mapping stays valid without it
-            self.fd = None
-
-    @property
-    def value(self) -> int:
-        return int(self._view[0])
-
-    @value.setter
-    def value(self, task_id: int) -> None:
-        self._view[0] = task_id
-
-    def __reduce__(self) -> Any:
-        if self.fd is None:
-            raise TypeError("a RunningSlot travels only from the parent to a starting worker")
-        return _rebuild_slot, (reduction.DupFd(self.fd),)
-
-    def close(self) -> None:
-        """Release the mapping and the descriptor."""
-        self._view.release()
-        self._map.close()
-        if self.fd is not None:
-            unregister_parent_fd(self.fd)
-            os.close(self.fd)
-            self.fd = None
-
-
-def _rebuild_slot(dup: Any) -> RunningSlot:
-    return RunningSlot(dup.detach())
-
-
-def _anonymous_file(size: int) -> int:
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("poolkit-slot", os.MFD_CLOEXEC)
-    else:  # pragma: no cover - non-Linux
-        with tempfile.TemporaryFile() as tmp:
-            fd = os.dup(tmp.fileno())
-    os.ftruncate(fd, size)
-    return fd

@@ -24,6 +24,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from . import _serialization as serialization
 from ._errors import DeserializationError
+from ._main_namespace import adopt_main_functions
 from ._messages import MessageKind, TaskKind, TaskRecord, decode_batch, encode_message
 from ._transport import close_inherited_parent_fds
 
@@ -39,6 +40,7 @@ class WorkerConfig(NamedTuple):
     initializer: Optional[Callable[..., Any]]
     initargs: tuple[Any, ...]
     max_tasks: Optional[int]
+    max_memory: Optional[int] = None  #: resident bytes after which the worker retires
 
 
 class _RunState:
@@ -53,6 +55,12 @@ class _RunState:
 def worker_main(inbox: Connection, outbox: Connection, running: Any, config_blob: bytes) -> None:
     """Entry point of a worker process (the ``multiprocessing.Process`` target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A process group of its own: Ctrl-C in a terminal reaches only the parent, and when the
+    # parent kills this worker it kills the processes a task started along with it.
+    try:
+        os.setpgrp()
+    except OSError:
+        pass
     close_inherited_parent_fds()
     _name_process()
     state = _RunState()
@@ -62,14 +70,14 @@ def worker_main(inbox: Connection, outbox: Connection, running: Any, config_blob
     try:
         config: WorkerConfig = serialization.loads(config_blob)
         if config.initializer is not None:
-            config.initializer(*config.initargs)
+            adopt_main_functions(config.initializer)(*config.initargs)
     except BaseException as exc:
         send(_describe_failure(MessageKind.INIT_FAILED, 0, exc, 0.0))
         sys.exit(1)
 
     try:
         send(encode_message(MessageKind.READY, os.getpid(), b""))
-        _serve(inbox, send, running, state, config.max_tasks)
+        _serve(inbox, send, running, state, config.max_tasks, config.max_memory)
     except BrokenPipeError:
         pass  # the parent is gone; nobody is left to tell
 
@@ -80,6 +88,7 @@ def _serve(
     running: Any,
     state: _RunState,
     remaining: Optional[int],
+    max_memory: Optional[int],
 ) -> None:
     functions: dict[bytes, Callable[..., Any]] = {}
     while True:
@@ -93,6 +102,13 @@ def _serve(
                     return
                 state.busy = True
             running.value = record.task_id
+            # Checked after the slot is written: if the parent finds the slot without this
+            # id, the task cannot start later (see _slots.RunningSlot).
+            if running.should_skip(record.task_id):
+                state.busy = False
+                running.value = 0
+                send(encode_message(MessageKind.SKIPPED, record.task_id, b""))
+                continue
             reply = _run(record, functions)
             # Not busy once the task's own code is done: the parent may close the inbox the
             # moment it reads this reply, and that hang-up must not look like its death.
@@ -101,6 +117,9 @@ def _serve(
             state.busy = False
             send(reply)
             running.value = 0
+            if max_memory is not None and _resident_bytes() > max_memory:
+                send(encode_message(MessageKind.RETIRING, os.getpid(), b""))
+                return
             if remaining is not None:
                 remaining -= 1
                 if remaining == 0:
@@ -145,7 +164,7 @@ def _load_function(blob: Any, functions: dict[bytes, Callable[..., Any]]) -> Cal
     key = bytes(blob)
     fn = functions.get(key)
     if fn is None:
-        fn = serialization.loads(key)
+        fn = adopt_main_functions(serialization.loads(key))
         if len(functions) >= _FN_CACHE_SIZE:
             functions.clear()
         functions[key] = fn
@@ -173,6 +192,17 @@ def _describe_failure(
         )
         payload = serialization.dumps(substitute)
     return encode_message(kind, task_id, payload, duration=duration, traceback=tb)
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _short_repr(value: object, limit: int = 200) -> str:

@@ -7,8 +7,9 @@ import signal
 from typing import Optional
 
 from ._backends import Backend, WorkerProcess
+from ._slots import RunningSlot
 from ._tasks import TaskState
-from ._transport import RunningSlot, WorkerChannel
+from ._transport import WorkerChannel
 from ._worker import worker_main
 
 

@@ -111,3 +111,12 @@ def test_every_worker_dying_at_once(start_method: str, tmp_path: Path) -> None:
             with pytest.raises(WorkerCrashedError):
                 v.result(timeout=30)
         assert [f.result(timeout=30) for f in queued] == [i * i for i in range(10)]
+
+
+def test_worker_killed_while_starting_is_replaced(start_method: str) -> None:
+    ex = Executor(max_workers=1, start_method=start_method)
+    # Kill the worker right away: most likely before it reported ready.
+    (worker_pid,) = list(ex._dispatcher._workers)
+    os.kill(worker_pid, signal.SIGKILL)
+    assert ex.submit(tasks.square, 6).result(timeout=60) == 36
+    ex.shutdown()

@@ -191,3 +191,15 @@ def test_initializer_that_kills_the_worker_breaks_the_pool(start_method: str) ->
     with pytest.raises(BrokenProcessPool):
         ex.submit(tasks.square, 2)
     ex.shutdown()
+
+
+def test_empty_start_method_is_rejected() -> None:
+    with pytest.raises(ValueError, match="available here"):
+        Executor(1, start_method="")
+
+
+def test_initargs_may_be_any_iterable(start_method: str) -> None:
+    with Executor(
+        1, initializer=tasks.init_state, initargs=["listed"], start_method=start_method
+    ) as ex:
+        assert ex.submit(tasks.get_state).result() == "listed"

@@ -163,3 +163,43 @@ def test_workers_exit_when_the_parent_is_killed(start_method: str, tmp_path: Pat
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+INITIALIZER_STATE = """
+from poolkit import Executor
+
+_connection = None
+
+def connect(address):
+    global _connection
+    _connection = address
+
+def describe():
+    return "connection" if _connection else "none"
+
+def query(q):
+    return (_connection, q, describe())
+"""
+
+
+@pytest.mark.smoke
+def test_initializer_sets_globals_that_tasks_of_main_read(
+    start_method: str, tmp_path: Path
+) -> None:
+    # The common pattern: an initializer in the script sets a module global; tasks read it.
+    script = tmp_path / "init_state.py"
+    script.write_text(
+        INITIALIZER_STATE
+        + "\nif __name__ == '__main__':\n"
+        + f"    with Executor(1, None, connect, ('db',), start_method={start_method!r}) as ex:\n"
+        + "        print('RESULT', [ex.submit(query, i).result() for i in range(3)])\n"
+    )
+    out = _python(str(script), cwd=tmp_path)
+    assert (
+        "RESULT [('db', 0, 'connection'), ('db', 1, 'connection'), ('db', 2, 'connection')]" in out
+    )
+    code = INITIALIZER_STATE + (
+        f"with Executor(1, None, connect, ('db',), start_method={start_method!r}) as ex:\n"
+        "    print('RESULT', ex.submit(query, 7).result())\n"
+    )
+    assert "RESULT ('db', 7, 'connection')" in _python("-c", code, cwd=tmp_path)
