@@ -13,6 +13,8 @@ from ._errors import (
     BrokenProcessPool,
     DeserializationError,
     RemoteTraceback,
+    TaskStopped,
+    TaskTimeoutError,
     WorkerCrashedError,
 )
 from ._executor import Executor
@@ -24,6 +26,8 @@ __all__ = [
     "DeserializationError",
     "Executor",
     "RemoteTraceback",
+    "TaskStopped",
+    "TaskTimeoutError",
     "WorkerCrashedError",
     "__version__",
     "default_start_method",

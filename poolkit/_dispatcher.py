@@ -29,6 +29,8 @@ dispatcher tell "died while running task 7" from "died with task 7 still waiting
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import logging
 import os
 import selectors
@@ -36,10 +38,18 @@ import signal
 import threading
 import time
 import weakref
-from typing import Optional
+from concurrent.futures import Future
+from typing import Any, Optional
 
 from ._backends import Backend
-from ._errors import BrokenProcessPool, WorkerCrashedError, describe_exit
+from ._errors import (
+    BrokenProcessPool,
+    TaskStopped,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    describe_exit,
+)
+from ._halting import kill_group, kill_if_running
 from ._messages import MessageKind, WorkerMessage, batch_prefix, decode_message
 from ._tasks import TaskState, fail, rebuild_exception, resolve
 from ._transport import register_parent_fd, unregister_parent_fd
@@ -101,6 +111,10 @@ class Dispatcher:
         self._grace_step = 0
         self._task_seconds: Optional[float] = None  # moving average of task run time
         self._startup_failures = 0  # workers in a row that died before they were ready
+        #: (deadline, task id, worker pid) of every running task with a time limit
+        self._deadlines: list[tuple[float, int, int]] = []
+        #: Futures whose running task the caller asked to stop (any thread appends).
+        self._stop_requests: collections.deque[Future[Any]] = collections.deque()
 
     # ------------------------------------------------------------------ caller side
 
@@ -165,6 +179,11 @@ class Dispatcher:
         if not self.in_dispatcher_thread() and self._thread is not None and self._thread.is_alive():
             self._force_done.wait(5.0)
 
+    def stop_task(self, future: Future[Any]) -> None:
+        """Stop the task of ``future``: cancel it if queued, kill its worker if running."""
+        self._stop_requests.append(future)
+        self.wake()
+
     def join(self, timeout: Optional[float] = None) -> None:
         """Wait for the dispatcher thread to finish (not from inside it)."""
         if self._thread is not None and not self.in_dispatcher_thread():
@@ -189,6 +208,7 @@ class Dispatcher:
                     break
                 for key, mask in self._selector.select(self._select_timeout()):
                     key.data(mask)
+                self._on_task_deadlines()
                 self._on_grace_deadline()
         except BaseException as exc:  # a bug here must not leave futures unresolved
             logger.exception("poolkit dispatcher failed")
@@ -225,11 +245,16 @@ class Dispatcher:
             )
             self._signal_all(signum)
             self._force_done.set()
+        while self._stop_requests:
+            self._stop(self._stop_requests.popleft())
 
     def _select_timeout(self) -> Optional[float]:
-        if self._grace_deadline is None:
+        deadlines = [d for d in (self._grace_deadline,) if d is not None]
+        if self._deadlines:
+            deadlines.append(self._deadlines[0][0])
+        if not deadlines:
             return None
-        return max(0.0, self._grace_deadline - time.monotonic())
+        return max(0.0, min(deadlines) - time.monotonic())
 
     # -------------------------------------------------------------- assignment
 
@@ -260,34 +285,49 @@ class Dispatcher:
                 continue
             if held and now - worker.progress_at > PREFETCH_BELOW_SECONDS:
                 continue  # it is running something long: queue nothing behind it
+            if held and worker.assigned[0].timeout is not None:
+                continue  # a task with a deadline runs alone (see _take)
             if not held:
                 worker.progress_at = now
             share = -(-len(pending) // (len(candidates) - index))  # spread small queues out
             room = min(limit - held, share)
             if worker.budget is not None:
                 room = min(room, worker.budget)
-            batch = self._take(room)
+            batch = self._take(room, idle=not held)
             if batch:
                 self._send(worker, batch)
             if not pending:
                 return
 
-    def _take(self, count: int) -> list[TaskState]:
+    def _take(self, count: int, idle: bool) -> list[TaskState]:
+        """Pop up to ``count`` tasks for one worker.
+
+        A task with a time limit goes alone to an idle worker: its clock then starts when it
+        is sent, and killing its worker at the deadline disturbs no other task.
+        """
         batch: list[TaskState] = []
         pending = self.pending
-        while len(batch) < count:
-            try:
-                task = pending.popleft()
-            except IndexError:
+        while len(batch) < count and pending:
+            head = pending[0]
+            if head.timeout is not None and (batch or not idle):
                 break
+            task = pending.popleft()
             if not task.started:
                 if not task.future.set_running_or_notify_cancel():
                     continue  # cancelled by the caller while it waited
                 task.started = True
             batch.append(task)
+            if task.timeout is not None:
+                deadline = time.monotonic() + task.timeout
+                heapq.heappush(self._deadlines, (deadline, task.task_id, -1))
+                break
         return batch
 
     def _send(self, worker: WorkerHandle, batch: list[TaskState]) -> None:
+        if batch[0].timeout is not None:
+            # _take pushed the deadline without knowing the worker.
+            deadline, task_id, _ = heapq.heappop(self._deadlines)
+            heapq.heappush(self._deadlines, (deadline, task_id, worker.pid))
         parts = [batch_prefix(len(batch))]
         for task in batch:
             parts.extend(task.parts)
@@ -342,17 +382,90 @@ class Dispatcher:
         if message.kind is MessageKind.INIT_FAILED:
             self._on_initializer_failure(worker, message)
             return
+        if message.kind is MessageKind.RETIRING:
+            self._on_retiring(worker)
+            return
         task = worker.assigned.popleft()
         worker.progress_at = time.monotonic()
         if task.task_id != message.task_id:
             raise RuntimeError(
                 f"worker {worker.pid} answered task {message.task_id}, expected {task.task_id}"
             )
+        if message.kind is MessageKind.SKIPPED:
+            fail(task, task.halt_error or TaskStopped("the task was stopped before it started"))
+            return
         previous = self._task_seconds
         self._task_seconds = (
             message.duration if previous is None else 0.8 * previous + 0.2 * message.duration
         )
         resolve(task, message, worker.pid)
+
+    def _on_retiring(self, worker: WorkerHandle) -> None:
+        # Over its memory limit: it exits after this message. Its successor starts now.
+        worker.closing = True
+        if not (worker.replaced or self._stop_requested):
+            worker.replaced = True
+            self._start_worker_or_break()
+
+    # ------------------------------------------------------------ halting tasks
+
+    def _stop(self, future: Future[Any]) -> None:
+        """Handle Executor.stop(future)."""
+        if future.done() or future.cancel():
+            return  # finished, or cancelled while it waited: nothing runs
+        for index, task in enumerate(self.pending):
+            if task.future is future:  # requeued after a crash: not running now
+                del self.pending[index]
+                fail(task, TaskStopped(f"{task.fn_name}() was stopped before it ran again"))
+                return
+        for worker in list(self._workers.values()):
+            for task in worker.assigned:
+                if task.future is future:
+                    self._halt(
+                        worker,
+                        task,
+                        TaskStopped(
+                            f"{task.fn_name}() was stopped by Executor.stop(); "
+                            f"its worker (pid {worker.pid}) was killed"
+                        ),
+                    )
+                    return
+
+    def _on_task_deadlines(self) -> None:
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, task_id, pid = heapq.heappop(self._deadlines)
+            worker = self._workers.get(pid)
+            if worker is None:
+                continue
+            self._on_readable(worker, 0)  # a result already on its way wins
+            task = next((t for t in worker.assigned if t.task_id == task_id), None)
+            if task is None or task.timeout is None:
+                continue
+            self._halt(
+                worker,
+                task,
+                TaskTimeoutError(
+                    f"{task.fn_name}() exceeded its time limit of {task.timeout:g} s; "
+                    f"its worker (pid {worker.pid}) was killed"
+                ),
+            )
+
+    def _halt(self, worker: WorkerHandle, task: TaskState, error: BaseException) -> None:
+        """Make sure ``task`` never completes on ``worker``; its future gets ``error``."""
+        running = kill_if_running(worker, task.task_id)
+        if running == task.task_id:
+            worker.assigned.remove(task)  # not charged as a crash when the worker's exit shows
+            fail(task, error)
+            return
+        # Not running, and on the skip list: the worker answers SKIPPED when it gets to it
+        # (or a result it had already sent arrives first, and wins).
+        task.halt_error = error
+        earlier = itertools.takewhile(lambda t: t is not task, worker.assigned)
+        if any(t.task_id == running for t in earlier):
+            # The worker is busy with a task queued before this one: this one has certainly
+            # not started, so its future need not wait for the worker to get there.
+            fail(task, error)
 
     def _on_initializer_failure(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         cause = rebuild_exception(message, "the initializer's exception")
@@ -369,6 +482,8 @@ class Dispatcher:
         self._on_readable(worker, mask)  # results written before it died still count
         worker.process.join(1.0)
         exitcode = worker.process.exitcode
+        if exitcode != 0:
+            kill_group(worker.pid)  # processes its task started must not outlive it
         crashed_id = worker.running.value
         self._release(worker)
         if not worker.ready and self.broken is None and not self._stopping:
@@ -398,12 +513,17 @@ class Dispatcher:
     def _on_startup_death(self, worker: WorkerHandle, exitcode: Optional[int]) -> None:
         """A worker died before it was ready: retry a little, then declare the pool broken.
 
-        One death can be bad luck (the OOM killer, a stray signal); the same death several
-        times in a row is a broken setup (an initializer that exits, a script without the
-        ``__main__`` guard), and retrying forever would hide it.
+        A worker killed from outside (SIGKILL, SIGTERM) is replaced. A worker that ends by
+        itself before it is ready, several times in a row, means a broken setup (an
+        initializer that exits or crashes, a script without the ``__main__`` guard), and
+        retrying forever would hide it.
         """
-        self._startup_failures += 1
-        if self._startup_failures < MAX_STARTUP_FAILURES:
+        killed = exitcode is not None and -exitcode in (signal.SIGKILL, signal.SIGTERM)
+        if not killed:
+            # Killed from outside (an OOM killer, a user, a chaos test) says nothing about
+            # the setup; only deaths of its own count toward giving up.
+            self._startup_failures += 1
+        if killed or self._startup_failures < MAX_STARTUP_FAILURES:
             logger.warning(
                 "poolkit worker %d %s while starting up; starting another",
                 worker.pid,

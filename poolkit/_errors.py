@@ -8,13 +8,22 @@ turns a handled failure into an unhandled one.
 from __future__ import annotations
 
 import signal
+from concurrent import futures
+from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Optional
+
+# Before 3.11 concurrent.futures.TimeoutError is its own class; since, it is the builtin.
+_FUTURES_TIMEOUT: tuple[type, ...] = (
+    () if issubclass(futures.TimeoutError, TimeoutError) else (futures.TimeoutError,)
+)
 
 __all__ = [
     "BrokenProcessPool",
     "DeserializationError",
     "RemoteTraceback",
+    "TaskStopped",
+    "TaskTimeoutError",
     "WorkerCrashedError",
     "describe_exit",
 ]
@@ -65,6 +74,23 @@ def _rebuild_crash(
     message: str, pid: Optional[int], exitcode: Optional[int], fn_name: Optional[str]
 ) -> WorkerCrashedError:
     return WorkerCrashedError(message, pid=pid, exitcode=exitcode, fn_name=fn_name)
+
+
+class TaskTimeoutError(TimeoutError, *_FUTURES_TIMEOUT):  # type: ignore[misc]
+    """A task ran past its time limit; its worker was killed and replaced.
+
+    Only that task's future fails with it. It is a ``TimeoutError`` (and, on Python 3.9 and
+    3.10, also a ``concurrent.futures.TimeoutError``).
+    """
+
+
+class TaskStopped(CancelledError):
+    """The task was stopped by :meth:`Executor.stop` while it ran (its worker was killed).
+
+    A task stopped before it started is cancelled instead (``future.cancelled()`` is True).
+    It is a ``concurrent.futures.CancelledError``, so code that handles cancellation
+    handles it too.
+    """
 
 
 class DeserializationError(BrokenProcessPool):

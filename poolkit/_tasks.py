@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from . import _serialization as serialization
 from ._errors import DeserializationError, RemoteTraceback
@@ -16,16 +16,37 @@ logger = logging.getLogger(__name__)
 class TaskState:
     """The parent's record of one submitted task, until its future is resolved."""
 
-    __slots__ = ("fn_name", "future", "parts", "started", "task_id")
+    __slots__ = (
+        "fn_name",
+        "future",
+        "halt_error",
+        "items",
+        "parts",
+        "started",
+        "task_id",
+        "timeout",
+    )
 
     def __init__(
-        self, task_id: int, future: Future[Any], parts: tuple[bytes, ...], fn_name: str
+        self,
+        task_id: int,
+        future: Future[Any],
+        parts: tuple[bytes, ...],
+        fn_name: str,
+        *,
+        timeout: Optional[float] = None,
+        items: int = 1,
     ) -> None:
         self.task_id = task_id
         self.future = future
         self.parts = parts  # encoded record, kept until resolved in case it must be resent
         self.fn_name = fn_name
         self.started = False  # set_running_or_notify_cancel() has been called
+        #: Seconds the task may run (None: no limit). Set by the executor from its options.
+        self.timeout = timeout
+        self.items = items  # calls in the task (a map chunk holds several)
+        #: Why the task was halted before it started (stop or deadline), once asked.
+        self.halt_error: Optional[BaseException] = None
 
 
 def resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:

@@ -214,3 +214,25 @@ def return_crash_at_pickle() -> CrashAtPickle:
 
 def return_exit_at_unpickle() -> ExitAtUnpickle:
     return ExitAtUnpickle()
+
+
+def spawn_child_then_wait(pid_fifo: str, seconds: float) -> None:
+    """Start a grandchild process, report its pid, then run for a long time."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", str(seconds)])
+    with open(pid_fifo, "w") as out:
+        out.write(str(child.pid))
+    time.sleep(seconds)
+
+
+def allocate(megabytes: int) -> int:
+    blob = bytearray(megabytes << 20)
+    _state.setdefault("keep", []).append(blob)  # grows the worker on purpose
+    return os.getpid()
+
+
+def sleep_or_square(x: int) -> int:
+    if x % 7 == 0:
+        time.sleep(0.01)
+    return x * x
