@@ -73,12 +73,12 @@ def explain_unpicklable(
     for position, value in enumerate(args):
         try:
             dumps(value)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             return f"cannot pickle argument {position} of {fn_name}(): {value!r}: {exc}"
     for key, value in kwargs.items():
         try:
             dumps(value)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             return f"cannot pickle keyword argument {key!r} of {fn_name}(): {value!r}: {exc}"
     return f"cannot pickle task {fn_name}(): {error}"
 

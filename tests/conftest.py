@@ -105,10 +105,19 @@ def _warm_infrastructure() -> None:
     multiprocessing.resource_tracker.ensure_running()
 
 
+def _shared_memory_entries() -> set[str]:
+    """Named semaphores and shared-memory blocks (both live in /dev/shm on Linux)."""
+    try:
+        return set(os.listdir("/dev/shm"))
+    except OSError:
+        return set()
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """After each test: no poolkit thread, no worker process, no new descriptor is left."""
+    """After each test: no poolkit thread, worker process, descriptor or /dev/shm entry left."""
     fds_before = _open_fds()
+    shm_before = _shared_memory_entries()
     yield
     for thread in threading.enumerate():
         if thread.name == "poolkit-dispatcher":
@@ -129,3 +138,7 @@ def no_leaks() -> Iterator[None]:
     fds_after = _open_fds()
     new = {fd: target for fd, target in fds_after.items() if fds_before.get(fd) != target}
     assert not new, f"descriptors left open: {new}"
+    # Other programs on the machine may use /dev/shm too: only entries named after this
+    # process (multiprocessing's naming) count.
+    mine = {e for e in _shared_memory_entries() - shm_before if str(me) in e}
+    assert not mine, f"semaphores or shared memory left in /dev/shm: {sorted(mine)}"

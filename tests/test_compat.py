@@ -19,6 +19,7 @@ from poolkit import BrokenProcessPool, Executor
     ("fn", "args", "expected"),
     [
         (id, (tasks.ErrorAtPickle(),), "PicklingError"),
+        (id, (tasks.ExitAtPickle(),), "PicklingError"),
         (id, (tasks.ExitAtUnpickle(),), "BrokenProcessPool"),
         (id, (tasks.ErrorAtUnpickle(),), "BrokenProcessPool"),
         (id, (tasks.CrashAtUnpickle(),), "BrokenProcessPool"),
@@ -33,6 +34,7 @@ from poolkit import BrokenProcessPool, Executor
     ],
     ids=[
         "error-at-task-pickle",
+        "exit-at-task-pickle",
         "exit-at-task-unpickle",
         "error-at-task-unpickle",
         "crash-at-task-unpickle",

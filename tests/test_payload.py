@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import tasks
 
-from poolkit import Executor
+from poolkit import Executor, WorkerCrashedError
 
 MB = 1 << 20
 
@@ -26,3 +26,17 @@ def test_many_medium_payloads(start_method: str) -> None:
     payloads = [bytes([i]) * (MB + i) for i in range(16)]
     with Executor(max_workers=2, start_method=start_method) as ex:
         assert list(ex.map(tasks.echo, payloads)) == payloads
+
+
+def test_hundred_megabyte_task_and_result(start_method: str) -> None:
+    size = 100 * MB
+    with Executor(max_workers=1, start_method=start_method) as ex:
+        assert ex.submit(tasks.length, b"z" * size).result(timeout=120) == size
+        result = ex.submit(tasks.make_bytes, size).result(timeout=120)
+        assert len(result) == size
+        del result
+        # A worker that dies holding a 100 MB task fails only that task.
+        crashed = ex.submit(tasks.crash_with_data, b"y" * size)
+        with pytest.raises(WorkerCrashedError):
+            crashed.result(timeout=120)
+        assert ex.submit(tasks.square, 7).result(timeout=60) == 49
