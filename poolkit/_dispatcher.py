@@ -455,6 +455,8 @@ class Dispatcher:
         """Make sure ``task`` never completes on ``worker``; its future gets ``error``."""
         running = kill_if_running(worker, task.task_id)
         if running == task.task_id:
+            worker.closing = True  # dying: give it nothing more
+            worker.halted = True
             worker.assigned.remove(task)  # not charged as a crash when the worker's exit shows
             fail(task, error)
             return
@@ -499,7 +501,7 @@ class Dispatcher:
             else:
                 requeue.append(task)  # taken but not started: another worker runs it
         self.pending.extendleft(reversed(requeue))
-        if (requeue or blamed) and self._forced_by is None:
+        if (requeue or blamed) and self._forced_by is None and not worker.halted:
             logger.warning(
                 "poolkit worker %d %s; %d task(s) failed, %d requeued",
                 worker.pid,

@@ -21,6 +21,7 @@ class WorkerHandle:
         "budget",
         "channel",
         "closing",
+        "halted",
         "pid",
         "process",
         "progress_at",
@@ -47,6 +48,7 @@ class WorkerHandle:
         self.ready = False  # the initializer ran
         self.replaced = False  # a successor was already started
         self.closing = False  # its inbox is closed: it takes no more tasks
+        self.halted = False  # killed by the dispatcher to stop a task (a time limit, stop())
         self.writing = False  # its inbox is registered for write readiness
         self.reading = True  # its outbox is registered (until end-of-file)
         self.progress_at = 0.0  # when it last finished a task, or was given work while idle
