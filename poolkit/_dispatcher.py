@@ -318,16 +318,14 @@ class Dispatcher:
                 task.started = True
             batch.append(task)
             if task.timeout is not None:
-                deadline = time.monotonic() + task.timeout
-                heapq.heappush(self._deadlines, (deadline, task.task_id, -1))
                 break
         return batch
 
     def _send(self, worker: WorkerHandle, batch: list[TaskState]) -> None:
-        if batch[0].timeout is not None:
-            # _take pushed the deadline without knowing the worker.
-            deadline, task_id, _ = heapq.heappop(self._deadlines)
-            heapq.heappush(self._deadlines, (deadline, task_id, worker.pid))
+        timed = batch[0]
+        if timed.timeout is not None:  # alone in its batch (see _take): its clock starts now
+            deadline = time.monotonic() + timed.timeout
+            heapq.heappush(self._deadlines, (deadline, timed.task_id, worker.pid))
         parts = [batch_prefix(len(batch))]
         for task in batch:
             parts.extend(task.parts)

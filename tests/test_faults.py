@@ -204,3 +204,13 @@ def test_time_limit_fires_near_its_deadline(start_method: str) -> None:
         with pytest.raises(TaskTimeoutError):
             future.result(timeout=30)
         assert time.monotonic() - started < 15
+
+
+def test_several_time_limits_at_once(start_method: str) -> None:
+    # Deadlines of different lengths in flight together each stop their own task only.
+    with Executor(max_workers=2, start_method=start_method) as ex:
+        long_limit = ex.with_options(timeout=5).submit(tasks.sleep_then, 0.5, "kept")
+        short_limit = ex.with_options(timeout=0.2).submit(tasks.sleep_then, 60, None)
+        assert long_limit.result(timeout=30) == "kept"
+        with pytest.raises(TaskTimeoutError, match="0.2 s"):
+            short_limit.result(timeout=30)
