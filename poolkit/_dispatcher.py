@@ -29,6 +29,7 @@ dispatcher tell "died while running task 7" from "died with task 7 still waiting
 from __future__ import annotations
 
 import collections
+import functools
 import heapq
 import itertools
 import logging
@@ -39,7 +40,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ._backends import Backend
 from ._errors import (
@@ -383,12 +384,13 @@ class Dispatcher:
         if message.kind is MessageKind.RETIRING:
             self._on_retiring(worker)
             return
+        if not worker.assigned or worker.assigned[0].task_id != message.task_id:
+            # Only a task the dispatcher already settled (halted while its answer was on the
+            # way) can be missing; the answer is moot.
+            logger.debug("worker %d answered settled task %d", worker.pid, message.task_id)
+            return
         task = worker.assigned.popleft()
         worker.progress_at = time.monotonic()
-        if task.task_id != message.task_id:
-            raise RuntimeError(
-                f"worker {worker.pid} answered task {message.task_id}, expected {task.task_id}"
-            )
         if message.kind is MessageKind.SKIPPED:
             fail(task, task.halt_error or TaskStopped("the task was stopped before it started"))
             return
@@ -411,9 +413,13 @@ class Dispatcher:
         """Handle Executor.stop(future)."""
         if future.done() or future.cancel():
             return  # finished, or cancelled while it waited: nothing runs
-        for index, task in enumerate(self.pending):
+        # A snapshot: callers append to (and cancel_pending pops from) the queue meanwhile.
+        for task in list(self.pending):
             if task.future is future:  # requeued after a crash: not running now
-                del self.pending[index]
+                try:
+                    self.pending.remove(task)
+                except ValueError:
+                    pass
                 fail(task, TaskStopped(f"{task.fn_name}() was stopped before it ran again"))
                 return
         for worker in list(self._workers.values()):
@@ -422,10 +428,7 @@ class Dispatcher:
                     self._halt(
                         worker,
                         task,
-                        TaskStopped(
-                            f"{task.fn_name}() was stopped by Executor.stop(); "
-                            f"its worker (pid {worker.pid}) was killed"
-                        ),
+                        functools.partial(_stopped_error, task, worker.pid),
                     )
                     return
 
@@ -443,29 +446,40 @@ class Dispatcher:
             self._halt(
                 worker,
                 task,
-                TaskTimeoutError(
-                    f"{task.fn_name}() exceeded its time limit of {task.timeout:g} s; "
-                    f"its worker (pid {worker.pid}) was killed"
-                ),
+                functools.partial(_timeout_error, task, worker.pid),
             )
 
-    def _halt(self, worker: WorkerHandle, task: TaskState, error: BaseException) -> None:
-        """Make sure ``task`` never completes on ``worker``; its future gets ``error``."""
-        running = kill_if_running(worker, task.task_id)
+    def _halt(
+        self,
+        worker: WorkerHandle,
+        task: TaskState,
+        error: Callable[[bool], BaseException],
+    ) -> None:
+        """Make sure ``task`` never completes on ``worker``; its future gets ``error(killed)``."""
+
+        def still_running() -> bool:
+            # Asked while the worker is frozen with this task in its slot: it may have
+            # finished and written (part of) its answer already. An answer wins.
+            self._on_readable(worker, 0)
+            return task in worker.assigned and not worker.channel.reader.mid_frame
+
+        running = kill_if_running(worker, task.task_id, still_running)
         if running == task.task_id:
             worker.closing = True  # dying: give it nothing more
             worker.halted = True
             worker.assigned.remove(task)  # not charged as a crash when the worker's exit shows
-            fail(task, error)
+            fail(task, error(True))
             return
+        if task not in worker.assigned:
+            return  # it finished first: its result stands
         # Not running, and on the skip list: the worker answers SKIPPED when it gets to it
         # (or a result it had already sent arrives first, and wins).
-        task.halt_error = error
+        task.halt_error = error(False)
         earlier = itertools.takewhile(lambda t: t is not task, worker.assigned)
         if any(t.task_id == running for t in earlier):
             # The worker is busy with a task queued before this one: this one has certainly
             # not started, so its future need not wait for the worker to get there.
-            fail(task, error)
+            fail(task, task.halt_error)
 
     def _on_initializer_failure(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         cause = rebuild_exception(message, "the initializer's exception")
@@ -499,7 +513,7 @@ class Dispatcher:
             else:
                 requeue.append(task)  # taken but not started: another worker runs it
         self.pending.extendleft(reversed(requeue))
-        if (requeue or blamed) and self._forced_by is None and not worker.halted:
+        if blamed or (requeue and exitcode != 0 and not worker.halted and not self._forced_by):
             logger.warning(
                 "poolkit worker %d %s; %d task(s) failed, %d requeued",
                 worker.pid,
@@ -681,3 +695,15 @@ class Dispatcher:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _stopped_error(task: TaskState, pid: int, killed: bool) -> BaseException:
+    how = f"its worker (pid {pid}) was killed" if killed else "it never ran"
+    return TaskStopped(f"{task.fn_name}() was stopped by Executor.stop(); {how}")
+
+
+def _timeout_error(task: TaskState, pid: int, killed: bool) -> BaseException:
+    how = f"its worker (pid {pid}) was killed" if killed else "it never started"
+    return TaskTimeoutError(
+        f"{task.fn_name}() exceeded its time limit of {task.timeout:g} s; {how}"
+    )

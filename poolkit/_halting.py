@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Callable
 
 from ._workers import WorkerHandle
 
@@ -38,10 +39,14 @@ def kill_group(pid: int) -> None:
             pass
 
 
-def kill_if_running(worker: WorkerHandle, task_id: int) -> int:
+def kill_if_running(worker: WorkerHandle, task_id: int, still_running: Callable[[], bool]) -> int:
     """Kill ``worker`` if, and only if, it is running ``task_id``.
 
-    Returns the id the worker was running when it was frozen (0: between tasks): equal to
+    ``still_running`` is asked while the worker is frozen with ``task_id`` in its slot: it
+    may have finished the task and be writing its answer (the slot is cleared after the
+    write); False spares the worker.
+
+    Returns the id the worker was running when it was frozen (0: between tasks); equal to
     ``task_id`` means it was killed. Otherwise the task is not running and, being on the
     skip list, never will.
     """
@@ -55,6 +60,8 @@ def kill_if_running(worker: WorkerHandle, task_id: int) -> int:
         _wait_still(pid)
         running = worker.running.value
         if running == task_id:
+            if not still_running():
+                return -1  # finished while we looked: not killed
             kill_group(pid)
         return running
     finally:

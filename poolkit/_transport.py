@@ -77,6 +77,11 @@ class FrameReader:
         self._body: Optional[bytearray] = None
         self._filled = 0
 
+    @property
+    def mid_frame(self) -> bool:
+        """True while part of a frame has arrived and the rest has not."""
+        return bool(self._buffer) or self._body is not None
+
     def read_frames(self) -> tuple[list[Buffer], bool]:
         """Read everything available now. Returns ``(frames, at_eof)``."""
         frames: list[Buffer] = []
