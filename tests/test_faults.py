@@ -214,3 +214,49 @@ def test_several_time_limits_at_once(start_method: str) -> None:
         assert long_limit.result(timeout=30) == "kept"
         with pytest.raises(TaskTimeoutError, match=r"0\.2 s"):
             short_limit.result(timeout=30)
+
+
+def test_stop_racing_the_end_of_the_task(start_method: str) -> None:
+    # stop() lands right around the moment the task finishes: either outcome is fine, but the
+    # pool must never break and nothing may hang.
+    rng = random.Random(7)
+    outcomes: dict[str, int] = {}
+    with Executor(max_workers=1, start_method=start_method) as ex:
+        ex.submit(tasks.square, 1).result()
+        for _ in range(150):
+            future = ex.submit(tasks.sleep_then, 0.002, "done")
+            time.sleep(0.002 + rng.uniform(-0.0005, 0.0008))  # aim at the task's last instant
+            ex.stop(future)
+            try:
+                outcome = future.result(timeout=30)
+            except futures.CancelledError as exc:  # TaskStopped is one
+                outcome = type(exc).__name__
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            assert ex.submit(tasks.square, 2).result(timeout=30) == 4
+    assert set(outcomes) <= {"done", "TaskStopped", "CancelledError"}
+
+
+def test_stop_while_other_threads_submit(start_method: str, tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    with Executor(max_workers=1, start_method=start_method) as ex:
+        running = ex.submit(tasks.signal_and_wait, *gate.args)
+        gate.wait_started()
+        done = threading.Event()
+
+        def flood() -> None:
+            while not done.is_set():
+                ex.submit(tasks.square, 3)
+
+        flooders = [threading.Thread(target=flood) for _ in range(2)]
+        for t in flooders:
+            t.start()
+        try:
+            ex.stop(running)
+            with pytest.raises(TaskStopped):
+                running.result(timeout=30)
+        finally:
+            done.set()
+            for t in flooders:
+                t.join()
+        assert ex.submit(tasks.square, 5).result(timeout=60) == 25
+        ex.shutdown(cancel_futures=True)
