@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-import collections
 import itertools
 import os
 import pickle
 import signal
+import sys
 import threading
-import time
 import weakref
 from collections.abc import Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Literal, Optional, TypeVar
 
+from . import _map
 from . import _serialization as serialization
 from ._backends import resolve_backend
 from ._dispatcher import Dispatcher
 from ._errors import BrokenProcessPool
+from ._map import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
 from ._messages import TaskKind, encode_task
+from ._options import UNSET, TaskOptions, check_bytes, check_seconds
 from ._tasks import TaskState
 from ._worker import WorkerConfig
 
 T = TypeVar("T")
+
+#: After Ctrl-C, how long to wait for the killed workers to be reaped.
+EXIT_JOIN_SECONDS = 10.0
 
 _interpreter_exiting = False
 _live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
@@ -38,8 +43,14 @@ def _at_interpreter_exit() -> None:
     _interpreter_exiting = True
     with _live_lock:
         dispatchers = list(_live_dispatchers)
+    # Exiting because of an unhandled Ctrl-C: stop now instead of finishing the queue.
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for dispatcher in dispatchers:
-        dispatcher.request_stop()
+        if interrupted:
+            dispatcher.cancel_pending()
+            dispatcher.force_stop(signal.SIGKILL)
+        else:
+            dispatcher.request_stop()
     for dispatcher in dispatchers:
         dispatcher.join()
 
@@ -76,12 +87,33 @@ class Executor(futures.Executor):
             method, ``fork`` included).
         start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; default
             :func:`poolkit.default_start_method` (``forkserver`` on Linux).
+        task_timeout: seconds a task may run (a ``map`` chunk: seconds per item); past it
+            the task's worker is killed and replaced, and the future fails with
+            :class:`~poolkit.TaskTimeoutError`. None (default): no limit. Override per task
+            with :meth:`with_options`.
+        max_memory_per_child: bytes of resident memory after which a worker is replaced
+            (checked after each task; the worker finishes that task first).
 
     Raises:
         TypeError: an argument has the wrong type.
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is not positive; the start
             method is unknown or unavailable; ``start_method`` and ``mp_context`` disagree.
     """
+
+    def __new__(cls, *args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
+        """``backend="dask"`` returns a ``poolkit._dask.DaskExecutor`` (docs/distributed.md).
+
+        Raises:
+            ValueError: ``backend`` is not None, ``"local"`` or ``"dask"``.
+            ImportError: ``backend="dask"`` without dask.distributed installed.
+        """
+        if backend == "dask":
+            from ._dask import DaskExecutor
+
+            return DaskExecutor(*args, **kwargs)
+        if backend not in (None, "local"):
+            raise ValueError(f"unknown backend {backend!r}; choose 'local' (default) or 'dask'")
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -90,8 +122,11 @@ class Executor(futures.Executor):
         initializer: Optional[Callable[..., Any]] = None,
         initargs: Iterable[Any] = (),
         *,
+        backend: Optional[str] = None,  # None or "local" here; "dask" is chosen in __new__
         max_tasks_per_child: Optional[int] = None,
         start_method: Optional[str] = None,
+        task_timeout: Optional[float] = None,
+        max_memory_per_child: Optional[int] = None,
     ) -> None:
         if max_workers is None:
             max_workers = _default_workers()
@@ -110,21 +145,23 @@ class Executor(futures.Executor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
-        backend = resolve_backend(start_method, mp_context)
+        self._task_timeout = check_seconds("task_timeout", task_timeout)
+        max_memory = check_bytes("max_memory_per_child", max_memory_per_child)
+        method = resolve_backend(start_method, mp_context)
         try:
             config_blob = serialization.dumps(
-                WorkerConfig(initializer, initargs, max_tasks_per_child)
+                WorkerConfig(initializer, initargs, max_tasks_per_child, max_memory)
             )
         except Exception as exc:
             raise TypeError(f"initializer or initargs cannot be pickled: {exc}") from exc
 
         self._max_workers = max_workers
-        self._start_method = backend.name
+        self._start_method = method.name
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._task_ids = itertools.count(1)
         self._function_blobs: dict[Callable[..., Any], bytes] = {}
-        self._dispatcher = Dispatcher(backend, max_workers, config_blob, max_tasks_per_child)
+        self._dispatcher = Dispatcher(method, max_workers, config_blob, max_tasks_per_child)
         self._dispatcher.start(self)
         with _live_lock:
             _live_dispatchers.add(self._dispatcher)
@@ -153,6 +190,30 @@ class Executor(futures.Executor):
             RuntimeError: the executor was shut down (or the interpreter is exiting).
             BrokenProcessPool: the pool is broken (for instance, the initializer failed).
         """
+        return self._submit(fn, args, kwargs, timeout=UNSET)
+
+    def with_options(self, *, timeout: Optional[float] = UNSET) -> TaskOptions:
+        """Options for the tasks submitted through the returned object.
+
+        ``ex.with_options(timeout=2).submit(fn, x)`` runs ``fn(x)`` with a 2-second limit
+        (``timeout=None``: no limit, whatever the executor's ``task_timeout``). The options
+        never take keyword names from ``fn``.
+
+        Raises:
+            TypeError, ValueError: ``timeout`` is not None or a positive number.
+        """
+        if timeout is not UNSET:
+            timeout = check_seconds("timeout", timeout)
+        return TaskOptions(self, timeout)
+
+    def _submit(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        timeout: Optional[float],
+    ) -> Future[T]:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         self._check_open()
@@ -169,12 +230,26 @@ class Executor(futures.Executor):
             future.set_exception(error)
             return future
         task_id = next(self._task_ids)
-        self._enqueue(
-            TaskState(
-                task_id, future, encode_task(task_id, TaskKind.CALL, fn_blob, args_blob), fn_name
-            )
-        )
+        parts = encode_task(task_id, TaskKind.CALL, fn_blob, args_blob)
+        task = TaskState(task_id, future, parts, fn_name)
+        task.timeout = self._task_timeout if timeout is UNSET else timeout
+        self._enqueue(task, default_timeout=False)
         return future
+
+    def stop(self, future: Future[Any]) -> None:
+        """Stop the task of ``future``, even while it runs (``Future.cancel`` cannot).
+
+        A task still queued is cancelled. A running task's worker is killed (with the
+        processes the task started) and replaced; the future fails with
+        :class:`~poolkit.TaskStopped`, a ``CancelledError``. A task that already finished
+        keeps its result. It returns at once; the future resolves promptly. Never affects
+        any other task, not even the one the worker would run next.
+        """
+        if not isinstance(future, Future):
+            raise TypeError(f"expected a concurrent.futures.Future, got {type(future).__name__}")
+        if future.done() or future.cancel():
+            return
+        self._dispatcher.stop_task(future)
 
     def _check_open(self) -> None:
         if self._dispatcher.broken is not None:
@@ -186,7 +261,9 @@ class Executor(futures.Executor):
         if _interpreter_exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def _enqueue(self, task: TaskState) -> None:
+    def _enqueue(self, task: TaskState, default_timeout: bool = True) -> None:
+        if default_timeout and task.timeout is None and self._task_timeout is not None:
+            task.timeout = self._task_timeout * task.items
         with self._shutdown_lock:
             self._check_open()
             self._dispatcher.submit(task)
@@ -215,45 +292,86 @@ class Executor(futures.Executor):
         fn: Callable[..., T],
         *iterables: Iterable[Any],
         timeout: Optional[float] = None,
-        chunksize: int = 1,
-        buffersize: Optional[int] = None,
+        chunksize: ChunksizeArg = DEFAULT,
+        buffersize: BuffersizeArg = DEFAULT,
+        ordered: bool = True,
+        progress: ProgressArg = None,
     ) -> Iterator[T]:
-        """Like the built-in ``map(fn, *iterables)``, run in the workers; results in order.
+        """Like the built-in ``map(fn, *iterables)``, run in the workers (see docs/map.md).
 
-        Items travel in chunks of ``chunksize``. With ``buffersize=None`` every chunk is
-        submitted now (the input is read to the end); with ``buffersize=N`` at most ``N``
-        chunks are in flight and the input is read as results are consumed. ``timeout`` is
-        a deadline, in seconds from this call, for the whole iteration.
+        Lazy and bounded: at most ``buffersize`` chunks are in flight, and the input is read
+        only as results are consumed, so an endless iterable is fine. Leaving the loop early
+        (``break``, ``close()``, an exception) cancels every chunk that has not started.
+
+        Args:
+            timeout: a deadline, in seconds from this call, for the whole iteration.
+            chunksize: items per task, or ``"auto"``: sized from the measured time per item
+                and the pool size. Default ``"auto"``, except 1 when ``buffersize`` is given
+                (the standard library's spelling gets its semantics) or the executor has
+                ``max_tasks_per_child`` (a chunk counts as one task).
+            buffersize: chunks in flight; default ``4 * max_workers``. ``None`` means no
+                bound, as in the standard library: the whole input is read and every chunk
+                submitted before ``map`` returns.
+            ordered: ``False`` yields results as chunks complete (like
+                ``multiprocessing.Pool.imap_unordered``) instead of in input order.
+            progress: ``True`` for a tqdm progress bar (``pip install poolkit[progress]``),
+                or a callable, called in the caller's thread with the number of items newly
+                done (``progress=bar.update`` works). Counts items, not chunks.
 
         Raises:
-            TypeError: ``fn`` is not callable, or ``buffersize`` is not an int.
+            TypeError: ``fn`` is not callable; ``chunksize``, ``buffersize`` or ``progress``
+                has the wrong type.
             ValueError: ``chunksize`` < 1 or ``buffersize`` < 1.
+            ImportError: ``progress=True`` and tqdm is not installed.
+            RuntimeError, BrokenProcessPool: the executor is shut down or broken.
             TimeoutError: (while iterating) the deadline passed.
-            Exception: (while iterating) the first exception raised by ``fn``, at its place.
+            Exception: (while iterating) the first exception raised by ``fn``, at its item's
+                place, after the results before it; its ``map_index`` attribute (and, on
+                3.11+, a note) gives the item's index, and its ``__cause__`` the worker's
+                traceback.
         """
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
-        if not isinstance(chunksize, int) or isinstance(chunksize, bool):
-            raise TypeError(f"chunksize must be an int, got {type(chunksize).__name__}")
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        if buffersize is not None:
-            if not isinstance(buffersize, int) or isinstance(buffersize, bool):
-                raise TypeError("buffersize must be an integer or None")
-            if buffersize < 1:
-                raise ValueError("buffersize must be None or > 0")
-        self._check_open()
-        end_time = None if timeout is None else time.monotonic() + timeout
-        chunks = _chunked(zip(*iterables), chunksize)
-        submit_chunk = _ChunkSubmitter(self, fn)
-        first = chunks if buffersize is None else itertools.islice(chunks, buffersize)
-        in_flight: collections.deque[Future[list[Any]]] = collections.deque()
-        for chunk in first:
-            future = submit_chunk(chunk)
-            assert future is not None  # self is alive
-            in_flight.append(future)
-        refill = chunks if buffersize is not None else None
-        return _ordered_results(in_flight, refill, submit_chunk, end_time)
+        return _map.start_map(
+            self,
+            fn,
+            zip(*iterables),
+            _map.common_length(iterables),
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+            progress=progress,
+        )
+
+    def starmap(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        *,
+        timeout: Optional[float] = None,
+        chunksize: ChunksizeArg = DEFAULT,
+        buffersize: BuffersizeArg = DEFAULT,
+        ordered: bool = True,
+        progress: ProgressArg = None,
+    ) -> Iterator[T]:
+        """Like ``itertools.starmap(fn, iterable)``: each item is a tuple of arguments.
+
+        ``ex.starmap(pow, [(2, 5), (3, 2)])`` yields 32, 9. Keywords, laziness and errors
+        as in :meth:`map`; an item that is not iterable fails with ``TypeError`` at its place.
+
+        Raises:
+            The same as :meth:`map`.
+        """
+        return _map.start_map(
+            self,
+            fn,
+            iter(iterable),
+            _map.common_length((iterable,)),
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+            progress=progress,
+        )
 
     # ---------------------------------------------------------------- shutdown
 
@@ -291,6 +409,15 @@ class Executor(futures.Executor):
         self.shutdown(wait=False, cancel_futures=True)
         self._dispatcher.force_stop(signum)
 
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: the user wants out now, not after the queue drains.
+            self.kill_workers()
+            self._dispatcher.join(EXIT_JOIN_SECONDS)
+            return False
+        self.shutdown(wait=True)
+        return False
+
     def __repr__(self) -> str:
         state = (
             "shut down" if self._shutdown else ("broken" if self._dispatcher.broken else "running")
@@ -299,84 +426,3 @@ class Executor(futures.Executor):
             f"<poolkit.Executor {state}, max_workers={self._max_workers}, "
             f"start_method={self._start_method!r}>"
         )
-
-
-class _ChunkSubmitter:
-    """Submits map chunks; the function is pickled once for the whole map."""
-
-    def __init__(self, executor: Executor, fn: Callable[..., Any]) -> None:
-        # A weak reference: an abandoned map iterator must not keep the executor alive.
-        self._executor_ref = weakref.ref(executor)
-        self._fn_name = serialization.callable_name(fn)
-        self._fn_blob: Optional[bytes] = None
-        self._fn_error: Optional[BaseException] = None
-        try:
-            self._fn_blob = executor._function_blob(fn)
-        except (Exception, SystemExit) as exc:
-            error = pickle.PicklingError(f"cannot pickle the function {self._fn_name}: {exc}")
-            error.__cause__ = exc
-            self._fn_error = error
-
-    def __call__(self, chunk: list[tuple[Any, ...]]) -> Optional[Future[list[Any]]]:
-        """Submit one chunk; None if the executor no longer exists."""
-        executor = self._executor_ref()
-        if executor is None:
-            return None
-        future: Future[list[Any]] = Future()
-        if self._fn_error is not None:
-            future.set_exception(self._fn_error)
-            return future
-        try:
-            args_blob = serialization.dumps(chunk)
-        except (Exception, SystemExit) as exc:
-            error = pickle.PicklingError(f"cannot pickle the arguments of {self._fn_name}(): {exc}")
-            error.__cause__ = exc
-            future.set_exception(error)
-            return future
-        assert self._fn_blob is not None
-        task_id = next(executor._task_ids)
-        parts = encode_task(task_id, TaskKind.CHUNK, self._fn_blob, args_blob)
-        executor._enqueue(TaskState(task_id, future, parts, self._fn_name))
-        return future
-
-
-def _chunked(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
-    while True:
-        chunk = list(itertools.islice(items, size))
-        if not chunk:
-            return
-        yield chunk
-
-
-def _ordered_results(
-    in_flight: collections.deque[Future[list[Any]]],
-    refill: Optional[Iterator[list[tuple[Any, ...]]]],
-    submit_chunk: _ChunkSubmitter,
-    end_time: Optional[float],
-) -> Iterator[Any]:
-    # A generator of its own (not part of map) so that map validates and submits eagerly.
-    try:
-        while in_flight:
-            if refill is not None:
-                # Keep `buffersize` chunks in flight: submit one more before waiting.
-                chunk = next(refill, None)
-                if chunk is not None:
-                    submitted = submit_chunk(chunk)
-                    if submitted is None:
-                        refill = None
-                    else:
-                        in_flight.append(submitted)
-            future = in_flight.popleft()
-            try:
-                remaining = None if end_time is None else end_time - time.monotonic()
-                values = future.result(remaining)
-            finally:
-                future.cancel()
-                del future
-            # Pop as we go: no reference to a result is kept once it has been yielded.
-            values.reverse()
-            while values:
-                yield values.pop()
-    finally:
-        for future in in_flight:
-            future.cancel()

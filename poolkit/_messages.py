@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Optional, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -27,7 +27,9 @@ class TaskKind(enum.IntEnum):
     """What the worker does with a task's arguments."""
 
     CALL = 1  #: args blob is ``(args, kwargs)``: call ``fn(*args, **kwargs)`` once.
-    CHUNK = 2  #: args blob is a list of argument tuples: return ``[fn(*a) for a in chunk]``.
+    #: args blob is a list of argument tuples: call ``fn(*a)`` for each, in order, and return
+    #: a :class:`ChunkOutcome` (the results, and the first failure if an item raised).
+    CHUNK = 2
 
 
 class MessageKind(enum.IntEnum):
@@ -58,6 +60,23 @@ class WorkerMessage(NamedTuple):
     duration: float  #: seconds the task ran in the worker (0 for non-task messages)
     traceback: str  #: formatted traceback text for ERROR and INIT_FAILED, else ""
     payload: Buffer
+
+
+class ChunkOutcome(NamedTuple):
+    """The value a CHUNK task returns (inside an ordinary RESULT message).
+
+    The worker stops at the first item that raises: ``results`` holds the results of the
+    items before it, ``error_index`` its position in the chunk (None if every item returned),
+    ``error`` the pickled exception (or a ``PicklingError`` standing in for one that cannot
+    travel) and ``traceback`` its formatted traceback.
+    """
+
+    results: list[Any]
+    seconds: float  #: time the worker spent on the chunk (unpickling and calls)
+    error_index: Optional[int] = None
+    error: bytes = b""
+    traceback: str = ""
+    error_args: str = ""  #: short repr of the failing item's arguments
 
 
 class SpawnRequest(NamedTuple):

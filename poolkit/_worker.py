@@ -25,7 +25,14 @@ from typing import Any, Callable, NamedTuple, Optional
 from . import _serialization as serialization
 from ._errors import DeserializationError
 from ._main_namespace import adopt_main_functions
-from ._messages import MessageKind, TaskKind, TaskRecord, decode_batch, encode_message
+from ._messages import (
+    ChunkOutcome,
+    MessageKind,
+    TaskKind,
+    TaskRecord,
+    decode_batch,
+    encode_message,
+)
 from ._transport import close_inherited_parent_fds
 
 #: Exit code of a worker that stopped because its parent went away mid-task.
@@ -144,7 +151,7 @@ def _run(record: TaskRecord, functions: dict[bytes, Callable[..., Any]]) -> byte
             args, kwargs = arguments
             value = fn(*args, **kwargs)
         else:
-            value = [fn(*args) for args in arguments]
+            value = _run_chunk(fn, arguments, started)
     except BaseException as exc:
         return _describe_failure(
             MessageKind.ERROR, record.task_id, exc, time.perf_counter() - started
@@ -153,10 +160,66 @@ def _run(record: TaskRecord, functions: dict[bytes, Callable[..., Any]]) -> byte
     try:
         payload = serialization.dumps(value)
     except BaseException as exc:
+        salvaged = _salvage_chunk(value) if isinstance(value, ChunkOutcome) else None
+        if salvaged is not None:
+            return encode_message(MessageKind.RESULT, record.task_id, salvaged, duration=duration)
         # The pickler's own exception, as the stdlib pool reports it, plus where it happened.
         _add_note(exc, f"(raised while pickling the result of the task, {_short_repr(value)})")
         return _describe_failure(MessageKind.ERROR, record.task_id, exc, duration)
     return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[Any], started: float) -> ChunkOutcome:
+    """Call ``fn(*args)`` for each item; stop at the first item that raises (see map)."""
+    results: list[Any] = []
+    append = results.append
+    try:
+        for args in chunk:
+            append(fn(*args))
+    except BaseException as exc:
+        index = len(results)
+        return ChunkOutcome(
+            results,
+            time.perf_counter() - started,
+            index,
+            _pickle_exception(exc),
+            serialization.format_exception(exc),
+            _arguments_repr(chunk[index]),
+        )
+    return ChunkOutcome(results, time.perf_counter() - started)
+
+
+def _arguments_repr(args: Any) -> str:
+    """``1, 'a'`` for the argument tuple ``(1, 'a')``: how an item reads in an error note."""
+    if not isinstance(args, tuple):
+        return _short_repr(args)
+    text = ", ".join(_short_repr(arg, 80) for arg in args)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _salvage_chunk(outcome: ChunkOutcome) -> Optional[bytes]:
+    """A chunk whose results cannot all be pickled: fail it at the first such result.
+
+    Returns the pickled outcome (results before that item, then the pickler's error as that
+    item's exception), or None if even that cannot be pickled.
+    """
+    for index, result in enumerate(outcome.results):
+        try:
+            serialization.dumps(result)
+        except BaseException as exc:
+            _add_note(exc, f"(raised while pickling the result, {_short_repr(result)})")
+            salvaged = ChunkOutcome(
+                outcome.results[:index],
+                outcome.seconds,
+                index,
+                _pickle_exception(exc),
+                serialization.format_exception(exc),
+            )
+            try:
+                return serialization.dumps(salvaged)
+            except BaseException:
+                return None
+    return None
 
 
 def _load_function(blob: Any, functions: dict[bytes, Callable[..., Any]]) -> Callable[..., Any]:
@@ -182,6 +245,12 @@ def _describe_failure(
 ) -> bytes:
     """Encode an exception with its traceback; never raises."""
     tb = serialization.format_exception(exc)
+    payload = _pickle_exception(exc)
+    return encode_message(kind, task_id, payload, duration=duration, traceback=tb)
+
+
+def _pickle_exception(exc: BaseException) -> bytes:
+    """``exc`` pickled, or a ``PicklingError`` that describes it if it cannot travel."""
     try:
         payload = serialization.dumps(exc)
         serialization.loads(payload)  # an exception that cannot be rebuilt is no use to send
@@ -191,7 +260,7 @@ def _describe_failure(
             f"which could not be sent to the parent: {type(pickle_exc).__name__}: {pickle_exc}"
         )
         payload = serialization.dumps(substitute)
-    return encode_message(kind, task_id, payload, duration=duration, traceback=tb)
+    return payload
 
 
 def _resident_bytes() -> int:

@@ -62,7 +62,7 @@ def test_prefetched_tasks_run_elsewhere(
     # beyond the one it runs (prefetch): they must be taken back and rerun.
     gate = Gate(tmp_path)
     with Executor(max_workers=1, start_method=start_method) as ex:
-        list(ex.map(tasks.square, range(50)))
+        list(ex.map(tasks.square, range(50), chunksize=1))  # 50 tasks: 50 measurements
         victim = ex.submit(tasks.signal_and_wait, *gate.args)
         queued = [ex.submit(tasks.getpid) for _ in range(5)]
         pid = gate.wait_started()

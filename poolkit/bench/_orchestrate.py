@@ -154,7 +154,7 @@ def run(
             skipped and named in ``result.skipped``.
         floors: also measure bare processes, Connections and raw pipes (the limits).
         workloads: a subset of workloads (default all): cold, respawn, latency, burst, map1,
-            mapchunk, cpu, payload, memory.
+            mapchunk, mapauto, mapmodes, cpu, payload, memory.
         timeout: seconds one measurement process may take before it is killed.
         progress: ``True`` for a progress line on stderr, or a callable taking a line.
 

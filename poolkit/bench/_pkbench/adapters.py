@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 
@@ -42,6 +43,10 @@ class PoolAdapter:
         """``[fn(x) for x in items]`` in the pool, with the given chunksize."""
         raise NotImplementedError
 
+    def imap(self, fn: Callable[..., Any], items: Any, **options: Any) -> Iterator[Any]:
+        """The pool's lazy ``map`` with poolkit's keywords (poolkit only)."""
+        raise Unsupported(f"{self.impl} has no map with poolkit's keywords")
+
     def shutdown(self) -> None:
         """Stop the pool and wait for its workers."""
         raise NotImplementedError
@@ -66,6 +71,9 @@ class PoolkitAdapter(PoolAdapter):
 
     def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
         return list(self.pool.map(fn, items, chunksize=chunksize))
+
+    def imap(self, fn: Callable[..., Any], items: Any, **options: Any) -> Iterator[Any]:
+        return self.pool.map(fn, items, **options)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True)
@@ -202,6 +210,39 @@ class PebbleAdapter(PoolAdapter):
         self.pool.join()
 
 
+class DaskAdapter(PoolAdapter):
+    """poolkit's ``backend="dask"`` on a LocalCluster it starts (127.0.0.1): the price of going
+    distributed. The start method is the one dask's nannies start the workers with."""
+
+    impl = "dask"
+    modules = ("poolkit", "distributed")
+
+    def __init__(self, method: str, workers: int) -> None:
+        super().__init__(method, workers)
+        import dask.config
+
+        import poolkit
+
+        # A fresh runner process per measurement: setting dask's global config is fine here.
+        dask.config.set({"distributed.worker.multiprocessing-method": method})
+        self.pool = poolkit.Executor(workers, backend="dask")
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.submit(fn, *args)
+
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
+        return list(self.pool.map(fn, items, chunksize=chunksize))
+
+    def imap(self, fn: Callable[..., Any], items: Any, **options: Any) -> Iterator[Any]:
+        return self.pool.map(fn, items, **options)  # the same map keywords as poolkit
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Unsupported(Exception):
     """This implementation cannot run with the requested start method."""
 
@@ -215,6 +256,7 @@ ADAPTERS: dict[str, type[PoolAdapter]] = {
         LokyAdapter,
         MpireAdapter,
         PebbleAdapter,
+        DaskAdapter,
     )
 }
 

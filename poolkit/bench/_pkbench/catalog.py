@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 #: Implementations the runner knows; "poolkit" is always measured, the others are peers.
-PEERS = ("stdlib", "mppool", "loky", "mpire", "pebble")
+PEERS = ("stdlib", "mppool", "loky", "mpire", "pebble", "dask")
 PEER_TITLES = {
     "poolkit": "poolkit",
     "stdlib": "stdlib PPE",
@@ -16,6 +16,7 @@ PEER_TITLES = {
     "loky": "loky",
     "mpire": "mpire",
     "pebble": "pebble",
+    "dask": "poolkit on dask",
     "floor": "floor",
 }
 #: The module whose presence makes a peer available, and the distribution for its version.
@@ -26,6 +27,7 @@ PEER_MODULES = {
     "loky": ("loky", "loky"),
     "mpire": ("mpire", "mpire"),
     "pebble": ("pebble", "pebble"),
+    "dask": ("distributed", "distributed"),
 }
 
 
@@ -103,6 +105,37 @@ WORKLOADS: tuple[Workload, ...] = (
         (Metric("rate", "map {items:,} tiny tasks, chunksize n/(4*workers)", "tasks/s", True),),
         {"items": 200000},
         {"items": 20000},
+    ),
+    Workload(
+        "mapauto",
+        "map, chunksize auto vs fixed",
+        tuple(
+            metric
+            for kind, what in (
+                ("tiny", "{tiny:,} tiny tasks"),
+                ("medium", "{medium:,} x {task_ms} ms tasks"),
+                ("uneven", "{uneven:,} uneven tasks (0.2x/5x {task_ms} ms)"),
+            )
+            for metric in (
+                Metric(f"{kind}_auto", f"map {what}, chunksize='auto'", "tasks/s", True),
+                Metric(f"{kind}_best", f"map {what}, best fixed chunksize", "tasks/s", True),
+                Metric(f"{kind}_best_chunksize", f"map {what}, that chunksize", "items", True),
+                Metric(f"{kind}_ratio", f"map {what}, auto / best fixed", "x", True),
+            )
+        ),
+        {"tiny": 200000, "medium": 600, "uneven": 600, "task_ms": 1.0, "rounds": 2},
+        {"tiny": 20000, "medium": 100, "uneven": 100, "task_ms": 1.0, "rounds": 1},
+    ),
+    Workload(
+        "mapmodes",
+        "map, ordered / unordered / endless",
+        (
+            Metric("ordered", "map {uneven:,} uneven tasks, ordered", "tasks/s", True),
+            Metric("unordered", "map {uneven:,} uneven tasks, ordered=False", "tasks/s", True),
+            Metric("endless", "map over itertools.count(), first {endless:,}", "tasks/s", True),
+        ),
+        {"uneven": 600, "task_ms": 1.0, "rounds": 2, "endless": 200000},
+        {"uneven": 100, "task_ms": 1.0, "rounds": 1, "endless": 20000},
     ),
     Workload(
         "cpu",

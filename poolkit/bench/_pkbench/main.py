@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Any
 
-from . import target, workloads
+from . import mapping, target, workloads
 from .adapters import ADAPTERS, Unsupported, make_pool
 from .floors import FLOORS
 
@@ -24,6 +24,8 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
     name, impl, method = spec["workload"], spec["impl"], spec["method"]
     workers, params = int(spec["workers"]), dict(spec.get("params", {}))
     if impl == "floor":
+        if name not in FLOORS:
+            return {"skipped": "no floor for this workload"}
         return {"values": FLOORS[name](method, workers, params)}
     try:
         ADAPTERS[impl].preload()
@@ -36,7 +38,9 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
     stuck = False
     try:
         workloads.until_pids(pool, workers)  # warm-up: every worker is up and has run a task
-        return {"values": workloads.WARM[name](pool, params)}
+        return {"values": {**workloads.WARM, **mapping.WARM}[name](pool, params)}
+    except Unsupported as exc:
+        return {"skipped": str(exc)}
     except workloads.Measured as exc:
         stuck = True
         # The pool may be wedged: skip its exit-time finalizers, which could wait forever.
