@@ -1,0 +1,708 @@
+"""``Executor(backend="dask")``: the same Executor on a dask.distributed cluster.
+
+::
+
+    caller threads                      dask client (its own event-loop thread)
+    submit() / map()  ── pickle here ──► Client.submit(run_task, header, fn, args,
+      (poolkit envelope)                               key=unique, pure=False)
+                                                  │ scheduler ──► a dask worker:
+    futures resolved ◄── "poolkit-dask" thread ◄──┘   _dask_runner.run_task runs the record
+       (same messages as a local worker)   gathers finished results in batches
+
+poolkit does not use ``Client.get_executor()``: that executor merges identical calls, takes
+keyword arguments such as ``key=`` and ``retries=`` for itself, ignores ``chunksize``,
+rejects iterators in ``map`` and cannot cancel on shutdown. Instead every task is poolkit's
+own envelope (the header, pickled function and pickled arguments of a local task record),
+submitted under a unique key with ``pure=False``, and run on the worker by
+:func:`poolkit._dask_runner.run_task`, which is the local worker's own code. Results,
+exceptions (with the worker's traceback as a :class:`~poolkit.RemoteTraceback` cause) and
+pickling failures therefore come back exactly as on the local backends, and ``map`` is the
+local implementation (``poolkit._map``), which drives this class through ``_check_open``,
+``_function_blob``, ``_task_ids``, ``_enqueue`` and ``max_workers``.
+
+Faults (see docs/distributed.md):
+
+- A dask worker that dies while running a task: the scheduler re-runs the task on another
+  worker, at most ``distributed.scheduler.allowed-failures`` times, then reports
+  ``KilledWorker``, which becomes :class:`~poolkit.WorkerCrashedError` on that future only.
+  dask cannot tell a task that was running on the dead worker from one merely queued there,
+  so the retry is what keeps the queued ones alive. The cluster poolkit starts sets the bound
+  to 1: a task that kills its worker fails after one re-run (two worker deaths); dask's own
+  default, on clusters started elsewhere, is 3.
+- A lost scheduler: the client cancels every future it holds; each pending poolkit future
+  fails with ``BrokenProcessPool`` naming the scheduler, and the executor is broken.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+import queue
+import re
+import sys
+import threading
+import uuid
+import weakref
+from collections.abc import Iterable, Iterator
+from concurrent import futures
+from concurrent.futures import Future
+from typing import Any, Callable, Literal, Optional, TypeVar
+
+from . import _map
+from . import _serialization as serialization
+from ._dask_runner import run_task
+from ._errors import BrokenProcessPool, WorkerCrashedError
+from ._map import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
+from ._messages import TaskKind, decode_message, encode_task
+from ._tasks import TaskState, fail, resolve
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+INSTALL_HINT = "pip install 'poolkit[dask]'"
+#: Scheduler settings of the cluster poolkit starts: a task whose worker dies is re-run on
+#: another worker at most once (a task queued behind a crash survives it; a task that kills
+#: every worker it runs on fails after two deaths), and workers are not handed more map
+#: chunks than they have threads.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.scheduler.allowed-failures": 1,
+    "distributed.scheduler.worker-saturation": 1.0,
+}
+#: Constructor options of the local backends that have no meaning on a dask cluster.
+LOCAL_ONLY_OPTIONS = (
+    "mp_context",
+    "initializer",
+    "initargs",
+    "max_tasks_per_child",
+    "start_method",
+    "task_timeout",
+    "max_memory_per_child",
+)
+#: Results gathered from the cluster in one request, at most.
+GATHER_BATCH = 512
+
+_WAKE = object()  # put in a session's inbox to make its thread look at the stop request
+_interpreter_exiting = False
+_live_sessions: weakref.WeakSet[_Session] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def _at_interpreter_exit() -> None:
+    # As for the local backends: before the interpreter joins non-daemon threads, every open
+    # executor finishes its work and then closes its client (and its cluster).
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    with _live_lock:
+        sessions = list(_live_sessions)
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    for session in sessions:
+        if interrupted:
+            session.cancel_all()
+        session.request_stop()
+    for session in sessions:
+        session.thread.join()
+
+
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_at_interpreter_exit)
+
+
+def import_distributed() -> Any:
+    """Import ``distributed``, or raise an ImportError that says which extra to install."""
+    try:
+        import dask.config  # noqa: F401  (the cluster settings need it)
+        import distributed
+    except ImportError as exc:
+        raise ImportError(
+            f"backend='dask' needs dask.distributed, which is not installed: {INSTALL_HINT}"
+        ) from exc
+    return distributed
+
+
+def _default_workers() -> int:
+    count: Optional[int] = getattr(os, "process_cpu_count", lambda: None)()
+    if count is None and hasattr(os, "sched_getaffinity"):
+        count = len(os.sched_getaffinity(0))
+    return count or os.cpu_count() or 1
+
+
+class DaskExecutor(futures.Executor):
+    """What ``poolkit.Executor(backend="dask", ...)`` returns: tasks run on a dask cluster.
+
+    ``submit``, ``map``, ``starmap``, ``shutdown`` and the context manager behave as on the
+    local backends and raise the same exceptions; futures are ``concurrent.futures.Future``.
+    See docs/distributed.md for what differs.
+
+    Args:
+        max_workers: with neither ``address`` nor ``client``: the number of worker processes
+            (one thread each) of the local cluster poolkit starts, bound to 127.0.0.1.
+            Default: the CPUs this process may use. Not allowed with ``address`` or
+            ``client`` (the cluster's size is the cluster's business).
+        address: the scheduler to connect to, e.g. ``"tcp://10.0.0.5:8786"`` (anything
+            ``distributed.Client`` accepts as an address). poolkit creates a client and
+            closes it on shutdown; the cluster itself is never stopped.
+        client: an existing ``distributed.Client`` (not asynchronous). poolkit uses it and
+            never closes it.
+
+    Raises:
+        ImportError: dask.distributed is not installed (``pip install 'poolkit[dask]'``).
+        TypeError: an argument has the wrong type.
+        ValueError: both ``address`` and ``client``; ``max_workers`` with one of them or
+            not positive; an option of the local backends (``start_method``,
+            ``initializer``, ``max_tasks_per_child``, ...) that does not apply to dask.
+        OSError: the scheduler cannot be reached (from ``distributed.Client``).
+    """
+
+    # poolkit._map.start_map reads executor._dispatcher._max_tasks_per_child (None here).
+    _dispatcher = None
+
+    def __init__(
+        self,
+        max_workers: Optional[int] = None,
+        *local_args: Any,
+        backend: Optional[str] = "dask",
+        address: Any = None,
+        client: Any = None,
+        **local_options: Any,
+    ) -> None:
+        if backend != "dask":
+            raise ValueError(f"DaskExecutor is backend='dask', got backend={backend!r}")
+        _reject_local_options(local_args, local_options)
+        if address is not None and client is not None:
+            raise ValueError("give the scheduler's address or a client, not both")
+        if max_workers is not None:
+            if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+                raise TypeError(f"max_workers must be an int, got {type(max_workers).__name__}")
+            if max_workers <= 0:
+                raise ValueError(f"max_workers must be greater than 0, got {max_workers}")
+            if address is not None or client is not None:
+                raise ValueError(
+                    "max_workers sizes the local cluster poolkit starts; with address= or "
+                    "client= the cluster's own workers are used"
+                )
+        distributed = import_distributed()
+        cluster = None
+        if client is not None:
+            if not isinstance(client, distributed.Client):
+                raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
+            if client.asynchronous:
+                raise ValueError("an asynchronous distributed.Client cannot back an Executor")
+            owns_client = False
+        elif address is not None:
+            client = distributed.Client(address, set_as_default=False)
+            owns_client = True
+        else:
+            cluster = _start_local_cluster(distributed, max_workers or _default_workers())
+            try:
+                client = distributed.Client(cluster, set_as_default=False)
+            except BaseException:
+                cluster.close()
+                raise
+            owns_client = True
+        try:
+            threads = max_workers or sum(client.nthreads().values())
+        except BaseException:
+            if owns_client:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+            raise
+        self._max_workers = max(1, threads)
+        self._session = _Session(client, cluster, owns_client)
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._task_ids = itertools.count(1)
+        self._function_blobs: dict[Callable[..., Any], bytes] = {}
+        # An executor dropped without shutdown() behaves as if shutdown(wait=False) was called.
+        weakref.finalize(self, self._session.request_stop)
+        self._session.start()
+
+    # --------------------------------------------------------------- properties
+
+    @property
+    def max_workers(self) -> int:
+        """Worker threads of the cluster when the executor was created (at least 1)."""
+        return self._max_workers
+
+    @property
+    def backend(self) -> str:
+        """``"dask"``."""
+        return "dask"
+
+    @property
+    def client(self) -> Any:
+        """The ``distributed.Client`` in use (poolkit's own, or the one passed in)."""
+        return self._session.client
+
+    @property
+    def cluster(self) -> Any:
+        """The ``LocalCluster`` poolkit started, or None when connected to another cluster."""
+        return self._session.cluster
+
+    @property
+    def address(self) -> str:
+        """The scheduler's address."""
+        return str(self._session.address)
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` on a dask worker and return its future.
+
+        Every keyword argument goes to ``fn`` (``key=``, ``retries=``, ``pure=`` included).
+        The task is pickled here: if it cannot be, the returned future fails with
+        ``pickle.PicklingError`` naming the argument. Identical calls are never merged.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            RuntimeError: the executor was shut down (or the interpreter is exiting).
+            BrokenProcessPool: the connection to the scheduler was lost.
+        """
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        self._check_open()
+        fn_name = serialization.callable_name(fn)
+        future: Future[T] = Future()
+        try:
+            fn_blob = self._function_blob(fn)
+            args_blob = serialization.dumps((args, kwargs))
+        except (Exception, SystemExit) as exc:
+            error = pickle.PicklingError(
+                serialization.explain_unpicklable(fn_name, args, kwargs, exc)
+            )
+            error.__cause__ = exc
+            future.set_exception(error)
+            return future
+        task_id = next(self._task_ids)
+        parts = encode_task(task_id, TaskKind.CALL, fn_blob, args_blob)
+        self._enqueue(TaskState(task_id, future, parts, fn_name))
+        return future
+
+    def _check_open(self) -> None:
+        broken = self._session.broken
+        if broken is not None:
+            raise BrokenProcessPool(str(broken))
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def _enqueue(self, task: TaskState) -> None:
+        with self._shutdown_lock:
+            self._check_open()
+            self._session.submit(task)
+
+    def _function_blob(self, fn: Callable[..., Any]) -> bytes:
+        # As in the local Executor: a by-reference pickle never changes, so pickle it once.
+        try:
+            cached = self._function_blobs.get(fn)
+        except TypeError:  # unhashable callable
+            return serialization.dumps(fn)
+        if cached is not None:
+            return cached
+        blob = serialization.dumps(fn)
+        if serialization.is_reference(fn, blob):
+            if len(self._function_blobs) >= 64:
+                self._function_blobs.clear()
+            self._function_blobs[fn] = blob
+        return blob
+
+    # --------------------------------------------------------------------- map
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: ChunksizeArg = DEFAULT,
+        buffersize: BuffersizeArg = DEFAULT,
+        ordered: bool = True,
+        progress: ProgressArg = None,
+    ) -> Iterator[T]:
+        """Like the built-in ``map(fn, *iterables)``, run on the cluster.
+
+        The local backends' ``map``, keyword for keyword (see ``poolkit.Executor.map``):
+        lazy and bounded (at most ``buffersize`` chunks in flight, the input read as results
+        are consumed), chunked (``chunksize``, default ``"auto"``), ``ordered=False`` for
+        results as they complete, ``progress`` for a bar or a callback. Each chunk is one
+        dask task.
+
+        Raises:
+            The same as ``poolkit.Executor.map``; a chunk whose dask worker died raises
+            :class:`~poolkit.WorkerCrashedError` at its place.
+        """
+        return _map.start_map(
+            self,  # type: ignore[arg-type]  # the part of Executor that _map uses
+            fn,
+            zip(*iterables),
+            _map.common_length(iterables),
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+            progress=progress,
+        )
+
+    def starmap(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        *,
+        timeout: Optional[float] = None,
+        chunksize: ChunksizeArg = DEFAULT,
+        buffersize: BuffersizeArg = DEFAULT,
+        ordered: bool = True,
+        progress: ProgressArg = None,
+    ) -> Iterator[T]:
+        """Like ``itertools.starmap(fn, iterable)``, run on the cluster (see :meth:`map`)."""
+        return _map.start_map(
+            self,  # type: ignore[arg-type]
+            fn,
+            iter(iterable),
+            _map.common_length((iterable,)),
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+            progress=progress,
+        )
+
+    # ---------------------------------------------------------------- shutdown
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; let the submitted ones finish; release the cluster.
+
+        Args:
+            wait: block until every submitted task is done and poolkit's client (and the
+                local cluster it started, if any) is closed. A client passed in is never
+                closed.
+            cancel_futures: first cancel every task the scheduler has not started.
+
+        Calling it again is harmless. Called from a future's callback, it does not wait.
+        """
+        with self._shutdown_lock:
+            self._shutdown = True
+        if cancel_futures:
+            self._session.cancel_not_started()
+        self._session.request_stop()
+        if wait and threading.current_thread() is not self._session.thread:
+            self._session.thread.join()
+
+    def terminate_workers(self) -> None:
+        """Not available on the dask backend: dask workers are not poolkit's to signal.
+
+        Raises:
+            NotImplementedError: always; use ``shutdown(cancel_futures=True)``.
+        """
+        raise NotImplementedError(
+            "terminate_workers() is not available with backend='dask'; use "
+            "shutdown(cancel_futures=True)"
+        )
+
+    def kill_workers(self) -> None:
+        """Not available on the dask backend (see :meth:`terminate_workers`)."""
+        raise NotImplementedError(
+            "kill_workers() is not available with backend='dask'; use shutdown(cancel_futures=True)"
+        )
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: the user wants out now, not after the running tasks end.
+            self._session.cancel_all()
+        self.shutdown(wait=True)
+        return False
+
+    def __repr__(self) -> str:
+        if self._session.broken is not None:
+            state = "broken"
+        else:
+            state = "shut down" if self._shutdown else "running"
+        return (
+            f"<poolkit.Executor {state}, backend='dask', address={self.address!r}, "
+            f"max_workers={self._max_workers}>"
+        )
+
+
+def _reject_local_options(args: tuple[Any, ...], options: dict[str, Any]) -> None:
+    """ValueError for options of the local backends given a value; TypeError for unknown ones."""
+    if len(args) > 3:
+        raise TypeError(f"Executor() takes at most 4 positional arguments ({len(args) + 1} given)")
+    given = dict(zip(("mp_context", "initializer", "initargs"), args))
+    for name, value in options.items():
+        if name not in LOCAL_ONLY_OPTIONS:
+            raise TypeError(f"Executor() got an unexpected keyword argument {name!r}")
+        given[name] = value
+    used = [name for name, value in given.items() if value is not None and value != ()]
+    if used:
+        raise ValueError(
+            f"{', '.join(used)} do(es) not apply to backend='dask' (dask starts and manages its "
+            "own worker processes; see docs/distributed.md)"
+        )
+
+
+def _start_local_cluster(distributed: Any, workers: int) -> Any:
+    """A LocalCluster of ``workers`` single-threaded processes, reachable only from here."""
+    import dask.config
+
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):
+        return distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            # The scheduler's HTTP endpoints (and the dashboard, if bokeh is installed)
+            # listen on loopback only, on a free port.
+            dashboard_address="127.0.0.1:0",
+        )
+
+
+def _executing_keys(dask_worker: Any) -> list[str]:
+    """Run on each dask worker (``Client.run``): the keys of the tasks it is executing."""
+    state = getattr(dask_worker, "state", None)
+    executing = getattr(state, "executing", None)
+    if executing is None:  # not a worker state machine this poolkit knows: assume all run
+        return [str(key) for key in getattr(state, "tasks", {})]
+    return [str(ts.key) for ts in executing]
+
+
+def _key_prefix(fn_name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.]+", "_", fn_name.rsplit(".", 1)[-1]).strip("_")
+    return f"poolkit-{name[:40] or 'task'}"
+
+
+class _Session:
+    """The client (and cluster poolkit started), the tasks in flight, and the thread that
+    resolves their futures. Kept apart from the executor so that the thread does not keep
+    an abandoned executor alive."""
+
+    def __init__(self, client: Any, cluster: Any, owns_client: bool) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.owns_client = owns_client
+        self.address = getattr(client.scheduler, "address", None) or "the scheduler"
+        self.lock = threading.Lock()
+        #: dask key -> (the task, its dask future), until the future is resolved
+        self.tasks: dict[str, tuple[TaskState, Any]] = {}
+        #: finished dask futures (from dask's callback thread), or _WAKE
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.stopping = False
+        self.broken: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="poolkit-dask", daemon=False)
+
+    def start(self) -> None:
+        with _live_lock:
+            _live_sessions.add(self)
+        self.thread.start()
+
+    # ------------------------------------------------------------ caller side
+
+    def submit(self, task: TaskState) -> None:
+        """Hand the task's envelope to dask under a unique key."""
+        header, fn_blob, args_blob = task.parts
+        task.parts = ()  # dask holds the envelope now; it is never resent from here
+        key = f"{_key_prefix(task.fn_name)}-{uuid.uuid4().hex}"
+        dask_future = self.client.submit(run_task, header, fn_blob, args_blob, key=key, pure=False)
+        with self.lock:
+            self.tasks[key] = (task, dask_future)
+        dask_future.add_done_callback(self.inbox.put)
+        task.future.add_done_callback(lambda f: self._on_future_done(key, f))
+
+    def _on_future_done(self, key: str, future: Future[Any]) -> None:
+        # A future cancelled by the caller (or by map's cleanup): release its dask task, so
+        # the scheduler forgets it if it has not run (a running one ends, unobserved).
+        if not future.cancelled():
+            return
+        with self.lock:
+            entry = self.tasks.pop(key, None)
+        if entry is not None:
+            entry[1].release()
+            self.inbox.put(_WAKE)
+
+    def cancel_not_started(self) -> None:
+        """Cancel every task no dask worker is executing (shutdown with cancel_futures)."""
+        with self.lock:
+            entries = list(self.tasks.items())
+        if not entries:
+            return
+        try:
+            replies = self.client.run(_executing_keys)
+            running = {key for keys in replies.values() if keys for key in keys}
+        except Exception as exc:  # the scheduler is gone: nothing will run anyway
+            logger.debug("could not ask the dask workers what runs: %r", exc)
+            running = set()
+        for key, (task, _) in entries:
+            if key not in running:
+                task.future.cancel()
+
+    def cancel_all(self) -> None:
+        """Cancel every unfinished task, running or not (Ctrl-C, interpreter exit)."""
+        with self.lock:
+            entries = list(self.tasks.values())
+        for task, _ in entries:
+            task.future.cancel()
+
+    def request_stop(self) -> None:
+        """Close the client (and cluster) once every task is done; returns at once."""
+        self.stopping = True
+        self.inbox.put(_WAKE)
+
+    # ------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = [self.inbox.get()]
+                while len(batch) < GATHER_BATCH:
+                    try:
+                        batch.append(self.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                self._collect([item for item in batch if item is not _WAKE])
+                del batch
+                if self.stopping:
+                    with self.lock:
+                        if not self.tasks:
+                            break
+        except BaseException as exc:  # a bug in poolkit: never leave a future unresolved
+            logger.exception("the poolkit dask thread failed")
+            self._break(BrokenProcessPool(f"the poolkit dask thread failed: {exc!r}"))
+        finally:
+            self._close()
+
+    def _collect(self, finished: list[Any]) -> None:
+        """Resolve the poolkit futures of these finished dask futures."""
+        ready = []
+        for dask_future in finished:
+            with self.lock:
+                entry = self.tasks.get(dask_future.key)
+            if entry is None:
+                continue  # cancelled by the caller meanwhile
+            status = dask_future.status
+            if status == "finished":
+                ready.append(entry)
+            elif status == "error":
+                self._finish(entry, self._dask_error(entry[0], dask_future))
+            elif status == "cancelled":
+                self._finish(entry, self._cancelled_error(dask_future))
+            else:  # "lost"/"pending": dask recomputes it and calls back again
+                logger.debug("dask future %s called back in state %s", dask_future.key, status)
+        if ready:
+            self._gather(ready)
+
+    def _gather(self, entries: list[tuple[TaskState, Any]]) -> None:
+        try:
+            values = self.client.gather([dask_future for _, dask_future in entries])
+        except BaseException as exc:
+            logger.debug("gathering %d results failed (%r); one by one", len(entries), exc)
+            for entry in entries:
+                self._gather_one(entry)
+            return
+        for entry, value in zip(entries, values):
+            self._finish(entry, value)
+
+    def _gather_one(self, entry: tuple[TaskState, Any]) -> None:
+        task, dask_future = entry
+        try:
+            value = dask_future.result()
+        except BaseException as exc:
+            if dask_future.status == "cancelled":
+                self._finish(entry, self._cancelled_error(dask_future))
+                return
+            error = BrokenProcessPool(
+                f"the result of {task.fn_name}() could not be fetched from the dask cluster: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            self._finish(entry, error)
+        else:
+            self._finish(entry, value)
+
+    def _finish(self, entry: tuple[TaskState, Any], outcome: Any) -> None:
+        """Resolve one task from ``(pid, message)`` or an exception; forget its dask future."""
+        task, dask_future = entry
+        with self.lock:
+            if self.tasks.pop(dask_future.key, None) is None:
+                return
+        dask_future.release()
+        if isinstance(outcome, BaseException):
+            fail(task, outcome)
+            return
+        pid, message = outcome
+        resolve(task, decode_message(message), pid)
+
+    def _dask_error(self, task: TaskState, dask_future: Any) -> BaseException:
+        """The poolkit error for a task dask itself failed (the runner never raises)."""
+        try:
+            exc = dask_future.exception()
+        except BaseException as fetch_error:
+            exc = fetch_error
+        if type(exc).__name__ == "KilledWorker":
+            return _worker_crashed(task.fn_name, exc)
+        message = f"dask could not run {task.fn_name}(): {type(exc).__name__}: {exc}"
+        if isinstance(exc, ImportError) and "poolkit" in str(exc):
+            message += " (poolkit must be installed on every dask worker)"
+        error = BrokenProcessPool(message)
+        error.__cause__ = exc
+        return error
+
+    def _cancelled_error(self, dask_future: Any) -> BaseException:
+        """The error for a task dask cancelled behind poolkit's back (lost scheduler...)."""
+        try:
+            dask_future.result()  # returns at once: the future is already cancelled
+        except BaseException as exc:  # distributed's CancelledError, with a reason if new
+            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "unknown"
+        status = getattr(self.client, "status", "")
+        if reason == "scheduler-connection-lost" or status in ("connecting", "closing", "closed"):
+            error = self.broken or BrokenProcessPool(
+                f"lost the connection to the dask scheduler at {self.address} "
+                f"({reason}); the task's outcome is unknown"
+            )
+            self.broken = error
+            return error
+        return BrokenProcessPool(f"dask cancelled the task ({reason}); it did not complete")
+
+    def _break(self, error: BaseException) -> None:
+        self.broken = error
+        with self.lock:
+            entries = list(self.tasks.values())
+            self.tasks.clear()
+        for task, dask_future in entries:
+            dask_future.release()
+            fail(task, error)
+
+    def _close(self) -> None:
+        with _live_lock:
+            _live_sessions.discard(self)
+        if self.owns_client:
+            try:
+                self.client.close()
+            except Exception as exc:
+                logger.warning("closing the dask client failed: %r", exc)
+        if self.cluster is not None:
+            try:
+                self.cluster.close()
+            except Exception as exc:
+                logger.warning("closing the local dask cluster failed: %r", exc)
+
+
+def _worker_crashed(fn_name: str, killed: BaseException) -> WorkerCrashedError:
+    """``KilledWorker`` as poolkit's error: which dask worker died, running what."""
+    worker = getattr(killed, "last_worker", None)
+    address = getattr(worker, "address", None) or "?"
+    pid = getattr(worker, "pid", None)
+    allowed = getattr(killed, "allowed_failures", 0) or 0
+    who = f"dask worker {address}" + (f" (pid {pid})" if pid else "")
+    message = f"{who} died while running {fn_name}()"
+    if allowed:
+        message += (
+            f", after dask had re-run it on {allowed} other worker(s) that died too "
+            f"(distributed.scheduler.allowed-failures={allowed})"
+        )
+    error = WorkerCrashedError(message, pid=pid if isinstance(pid, int) else None, fn_name=fn_name)
+    error.__cause__ = killed
+    return error
