@@ -453,9 +453,11 @@ def _start_local_cluster(distributed: Any, workers: int) -> Any:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            # The scheduler's HTTP endpoints (and the dashboard, if bokeh is installed)
-            # listen on loopback only, on a free port.
+            # The HTTP endpoints (dashboard if bokeh is installed, /health, metrics) of the
+            # scheduler and of every worker listen on loopback only, on free ports: older
+            # distributed (2024.8, the last for Python 3.9) binds a worker's to 0.0.0.0.
             dashboard_address="127.0.0.1:0",
+            worker_dashboard_address="127.0.0.1:0",
         )
 
 

@@ -49,7 +49,7 @@ from distributed import LocalCluster
 with dask.config.set(json.loads(sys.argv[1])):
     cluster = LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
+        dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
     )
 print(json.dumps({"address": cluster.scheduler_address}), flush=True)
 sys.stdin.read()  # until the test closes our stdin
