@@ -161,6 +161,7 @@ class Executor(futures.Executor):
         self._shutdown = False
         self._task_ids = itertools.count(1)
         self._function_blobs: dict[Callable[..., Any], bytes] = {}
+        self._live_maps: weakref.WeakSet[Any] = weakref.WeakSet()  # maps still reading input
         self._dispatcher = Dispatcher(method, max_workers, config_blob, max_tasks_per_child)
         self._dispatcher.start(self)
         with _live_lock:
@@ -250,6 +251,9 @@ class Executor(futures.Executor):
         if future.done() or future.cancel():
             return
         self._dispatcher.stop_task(future)
+
+    def _register_map(self, run: Any) -> None:
+        self._live_maps.add(run)
 
     def _check_open(self) -> None:
         if self._dispatcher.broken is not None:
@@ -385,6 +389,11 @@ class Executor(futures.Executor):
         Calling it again is harmless. Called from a future's callback (the dispatcher
         thread), it does not wait.
         """
+        if not cancel_futures:
+            # Lazy maps over sized inputs submit their remaining input first (see
+            # _map._MapRun.finish_input): results read after the `with` block still come.
+            for run in list(self._live_maps):
+                run.finish_input()
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures:

@@ -33,6 +33,7 @@ import math
 import pickle
 import queue
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sized
@@ -123,6 +124,9 @@ def start_map(
     end_time = None if timeout is None else time.monotonic() + timeout
 
     workers = executor.max_workers
+    # With the stdlib's spelling (buffersize given) the map stops at shutdown, as in 3.14;
+    # with poolkit's default bound, a sized input is finished at shutdown instead.
+    finish_at_shutdown = buffersize is DEFAULT
     if chunksize is DEFAULT:
         # The stdlib spelling (buffersize given) gets the stdlib default; a chunk counts as
         # one task toward max_tasks_per_child, so auto chunks would change what it means.
@@ -149,6 +153,7 @@ def start_map(
         sizer = FixedChunks(chunksize)
 
     run = _MapRun(executor, fn, items, total, sizer, buffersize, ordered, end_time)
+    run.finish_at_shutdown = finish_at_shutdown
     run.fill()
     if run.stop_error is not None:  # shut down or broken during the call
         run.cancel()
@@ -277,6 +282,26 @@ class _MapRun:
         self.done: queue.SimpleQueue[_Chunk] = queue.SimpleQueue()
         self.pending: set[_Chunk] = set()  # unordered: submitted, not yet taken from `done`
         self.stop_error: Optional[BaseException] = None  # why the input stopped early
+        # fill() runs in the consuming thread, and in a thread that calls shutdown().
+        self._lock = threading.RLock()
+        self.finish_at_shutdown = False
+        register = getattr(executor, "_register_map", None)
+        if register is not None:
+            register(self)
+
+    def finish_input(self) -> None:
+        """Submit all the remaining input now, if it has a known length (at shutdown).
+
+        Code written for the stdlib maps over a list inside ``with Executor()`` and reads
+        the results after the block: the stdlib submitted everything at the call. A lazy
+        map with a finite, sized input keeps that working by submitting the rest before
+        the executor closes. An input of unknown length (a generator) may be endless: its
+        map stops at shutdown, and reading past that raises.
+        """
+        with self._lock:
+            if self.finish_at_shutdown and self.items is not None and self.total is not None:
+                self.buffersize = None
+                self.fill()
 
     def fill(self) -> None:
         """Submit chunks until ``buffersize`` are in flight or the input ends.
@@ -285,11 +310,12 @@ class _MapRun:
         results already in flight are still yielded, then :attr:`stop_error` is raised.
         """
         try:
-            while self.items is not None and (
-                self.buffersize is None or self._outstanding() < self.buffersize
-            ):
-                if not self._submit_one():
-                    return
+            with self._lock:
+                while self.items is not None and (
+                    self.buffersize is None or self._outstanding() < self.buffersize
+                ):
+                    if not self._submit_one():
+                        return
         except (RuntimeError, BrokenProcessPool) as exc:
             self.items = None
             self.stop_error = exc

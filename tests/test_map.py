@@ -342,3 +342,12 @@ def test_results_after_shutdown_then_a_clear_error(start_method: str) -> None:
     with Executor(max_workers=2, start_method=start_method) as ex:
         results = ex.map(tasks.square, range(100), buffersize=None)
     assert list(results) == [i * i for i in range(100)]  # everything was submitted
+
+
+def test_map_over_a_list_read_after_the_with_block(start_method: str) -> None:
+    # Drop-in code: map inside the block, results read after it (the stdlib submitted all).
+    with Executor(max_workers=2, start_method=start_method) as ex:
+        results = ex.map(tasks.square, list(range(3000)))
+        pairs = ex.map(pow, range(500), [2] * 500)
+    assert list(results) == [i * i for i in range(3000)]
+    assert list(pairs) == [i * i for i in range(500)]
