@@ -52,10 +52,7 @@ def kill_if_running(worker: WorkerHandle, task_id: int, still_running: Callable[
     """
     worker.running.add_skip(task_id)
     pid = worker.pid
-    try:
-        os.kill(pid, signal.SIGSTOP)
-    except ProcessLookupError:
-        return worker.running.value  # already dead: its exit is reported anyway
+    worker.signal(signal.SIGSTOP)
     try:
         _wait_still(pid)
         running = worker.running.value
@@ -65,10 +62,7 @@ def kill_if_running(worker: WorkerHandle, task_id: int, still_running: Callable[
             kill_group(pid)
         return running
     finally:
-        try:
-            os.kill(pid, signal.SIGCONT)  # harmless on a killed process
-        except ProcessLookupError:
-            pass
+        worker.signal(signal.SIGCONT)  # harmless on a killed process
 
 
 def _wait_still(pid: int) -> None:

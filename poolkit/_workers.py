@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import collections
+import os
 import signal
 from typing import Optional
 
 from ._backends import Backend, WorkerProcess
 from ._slots import RunningSlot
 from ._tasks import TaskState
-from ._transport import WorkerChannel
+from ._transport import WorkerChannel, register_parent_fd, unregister_parent_fd
 from ._worker import worker_main
 
 
@@ -17,6 +18,7 @@ class WorkerHandle:
     """The parent's record of one worker process."""
 
     __slots__ = (
+        "_pidfd",
         "assigned",
         "budget",
         "channel",
@@ -48,6 +50,7 @@ class WorkerHandle:
         self.ready = False  # the initializer ran
         self.replaced = False  # a successor was already started
         self.closing = False  # its inbox is closed: it takes no more tasks
+        self._pidfd = _open_pidfd(self.pid)
         self.halted = False  # killed by the dispatcher to stop a task (a time limit, stop())
         self.writing = False  # its inbox is registered for write readiness
         self.reading = True  # its outbox is registered (until end-of-file)
@@ -76,19 +79,47 @@ class WorkerHandle:
         return cls(process, channel, running, budget)
 
     def signal(self, signum: signal.Signals) -> None:
-        """Send ``signum`` to the worker if it still runs."""
-        # Through the process object, which knows if the pid was already reaped (and so
-        # might belong to another process by now).
-        if signum == signal.SIGKILL:
+        """Send ``signum`` to the worker if it still runs; never to a recycled pid.
+
+        A forkserver or template worker is reaped by its own parent, at a moment the
+        dispatcher does not see, so its pid could be reused: signals go through a pidfd,
+        which names this process and no other. Without pidfds, through the process object.
+        """
+        if self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            except ProcessLookupError:
+                pass  # already gone
+        elif signum == signal.SIGKILL:
             self.process.kill()
-        else:
+        elif signum == signal.SIGTERM:
             self.process.terminate()
+        else:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
 
     def close(self) -> None:
         """Close everything the parent holds for this (dead) worker."""
+        if self._pidfd is not None:
+            unregister_parent_fd(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
         self.channel.close()
         self.running.close()
         try:
             self.process.close()
         except ValueError:
             pass  # still running: only after a failed kill; its sentinel stays open
+
+
+def _open_pidfd(pid: int) -> Optional[int]:
+    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None  # already gone (its exit is reported anyway), or no kernel support
+    register_parent_fd(fd)  # a forked worker must not keep it
+    return fd
