@@ -49,6 +49,7 @@ def test_ctrl_c_stops_the_pool_at_once(start_method: str, mode: str, tmp_path: P
     script = tmp_path / "interrupted.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT dumps every thread's stack (see below)
     proc = subprocess.Popen(
         [sys.executable, str(script), mode, start_method],
         stdout=subprocess.PIPE,
@@ -62,7 +63,12 @@ def test_ctrl_c_stops_the_pool_at_once(start_method: str, mode: str, tmp_path: P
         assert len(pids) == 2
         assert proc.stdout.readline().strip() == "WAITING"
         proc.send_signal(signal.SIGINT)  # what a terminal sends on Ctrl-C
-        _, stderr = proc.communicate(timeout=30)  # promptly: the tasks would run 60 s
+        try:
+            _, stderr = proc.communicate(timeout=30)  # promptly: the tasks would run 60 s
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, stderr = proc.communicate(timeout=30)
+            pytest.fail(f"no exit 30 s after Ctrl-C; its threads:\n{stderr[-8000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
