@@ -23,7 +23,7 @@ from ._errors import BrokenProcessPool
 from ._map import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
 from ._messages import TaskKind, encode_task
 from ._options import UNSET, TaskOptions, check_bytes, check_seconds
-from ._tasks import TaskState
+from ._tasks import TaskState, abandon_futures
 from ._worker import WorkerConfig
 
 T = TypeVar("T")
@@ -45,9 +45,10 @@ def _at_interpreter_exit() -> None:
         dispatchers = list(_live_dispatchers)
     # Exiting because of an unhandled Ctrl-C: stop now instead of finishing the queue.
     interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    if interrupted:
+        abandon_futures()
     for dispatcher in dispatchers:
         if interrupted:
-            dispatcher.cancel_pending()
             dispatcher.force_stop(signal.SIGKILL)
         else:
             dispatcher.request_stop()

@@ -88,8 +88,25 @@ def fail(task: TaskState, error: BaseException) -> None:
     _set(task, lambda f: f.set_exception(error))
 
 
+_abandoned = False
+
+
+def abandon_futures() -> None:
+    """Stop resolving futures, process-wide: the interpreter is exiting after Ctrl-C.
+
+    A KeyboardInterrupt that lands while the main thread is inside ``as_completed`` or
+    ``wait`` can leave a future's lock held by that thread for good (the stdlib acquires
+    them one by one). Resolving such a future would block the dispatcher, and so the exit,
+    forever; and after an unhandled Ctrl-C nobody reads a future any more.
+    """
+    global _abandoned
+    _abandoned = True
+
+
 def _set(task: TaskState, action: Callable[[Future[Any]], None]) -> None:
     task.parts = ()
+    if _abandoned:
+        return
     future = task.future
     if not task.started and not future.set_running_or_notify_cancel():
         return  # cancelled while pending

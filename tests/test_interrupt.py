@@ -15,6 +15,7 @@ from conftest import wait_gone
 SCRIPT = textwrap.dedent(
     """
     import sys
+    import time
     from concurrent import futures
 
     import tasks
@@ -35,6 +36,16 @@ SCRIPT = textwrap.dedent(
                 print("WAITING", flush=True)
                 for _ in ex.map(tasks.sleep_then, [60] * 6, range(6)):
                     pass
+        elif mode == "lock_held":
+            # Ctrl-C landing inside as_completed's setup, after it acquired a future's lock
+            # and before its `with` block: the lock stays held by the main thread for good.
+            fs = [ex.submit(tasks.sleep_then, 60, i) for i in range(6)]
+            while not fs[0].running():  # running in a worker (not just queued)
+                time.sleep(0.01)
+            fs[0]._condition.acquire()
+            print("WAITING", flush=True)
+            for _ in futures.as_completed(fs[1:]):
+                pass
         else:
             fs = [ex.submit(tasks.sleep_then, 60, i) for i in range(6)]
             print("WAITING", flush=True)
@@ -44,7 +55,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("mode", ["with", "map", "as_completed"])
+@pytest.mark.parametrize("mode", ["with", "map", "as_completed", "lock_held"])
 def test_ctrl_c_stops_the_pool_at_once(start_method: str, mode: str, tmp_path: Path) -> None:
     script = tmp_path / "interrupted.py"
     script.write_text(SCRIPT)
