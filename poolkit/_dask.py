@@ -35,27 +35,20 @@ Faults (see docs/distributed.md):
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
-import pickle
 import queue
 import re
 import sys
 import threading
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator
-from concurrent import futures
 from concurrent.futures import Future
 from typing import Any, Callable, Literal, Optional, TypeVar
 
-from . import _map
-from . import _serialization as serialization
 from ._dask_runner import run_task
 from ._errors import BrokenProcessPool, WorkerCrashedError
-from ._map import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
-from ._messages import TaskKind, decode_message, encode_task
+from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
+from ._messages import decode_message
 from ._tasks import TaskState, fail, resolve
 
 logger = logging.getLogger(__name__)
@@ -85,7 +78,6 @@ LOCAL_ONLY_OPTIONS = (
 GATHER_BATCH = 512
 
 _WAKE = object()  # put in a session's inbox to make its thread look at the stop request
-_interpreter_exiting = False
 _live_sessions: weakref.WeakSet[_Session] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
@@ -93,8 +85,7 @@ _live_lock = threading.Lock()
 def _at_interpreter_exit() -> None:
     # As for the local backends: before the interpreter joins non-daemon threads, every open
     # executor finishes its work and then closes its client (and its cluster).
-    global _interpreter_exiting
-    _interpreter_exiting = True
+    mark_interpreter_exiting()
     with _live_lock:
         sessions = list(_live_sessions)
     interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
@@ -122,14 +113,7 @@ def import_distributed() -> Any:
     return distributed
 
 
-def _default_workers() -> int:
-    count: Optional[int] = getattr(os, "process_cpu_count", lambda: None)()
-    if count is None and hasattr(os, "sched_getaffinity"):
-        count = len(os.sched_getaffinity(0))
-    return count or os.cpu_count() or 1
-
-
-class DaskExecutor(futures.Executor):
+class DaskExecutor(TaskFrontend):
     """What ``poolkit.Executor(backend="dask", ...)`` returns: tasks run on a dask cluster.
 
     ``submit``, ``map``, ``starmap``, ``shutdown`` and the context manager behave as on the
@@ -155,9 +139,6 @@ class DaskExecutor(futures.Executor):
             ``initializer``, ``max_tasks_per_child``, ...) that does not apply to dask.
         OSError: the scheduler cannot be reached (from ``distributed.Client``).
     """
-
-    # poolkit._map.start_map reads executor._dispatcher._max_tasks_per_child (None here).
-    _dispatcher = None
 
     def __init__(
         self,
@@ -195,7 +176,7 @@ class DaskExecutor(futures.Executor):
             client = distributed.Client(address, set_as_default=False)
             owns_client = True
         else:
-            cluster = _start_local_cluster(distributed, max_workers or _default_workers())
+            cluster = _start_local_cluster(distributed, max_workers or default_workers())
             try:
                 client = distributed.Client(cluster, set_as_default=False)
             except BaseException:
@@ -210,22 +191,13 @@ class DaskExecutor(futures.Executor):
             if cluster is not None:
                 cluster.close()
             raise
-        self._max_workers = max(1, threads)
+        self._init_frontend(max(1, threads))
         self._session = _Session(client, cluster, owns_client)
-        self._shutdown_lock = threading.Lock()
-        self._shutdown = False
-        self._task_ids = itertools.count(1)
-        self._function_blobs: dict[Callable[..., Any], bytes] = {}
         # An executor dropped without shutdown() behaves as if shutdown(wait=False) was called.
         weakref.finalize(self, self._session.request_stop)
         self._session.start()
 
     # --------------------------------------------------------------- properties
-
-    @property
-    def max_workers(self) -> int:
-        """Worker threads of the cluster when the executor was created (at least 1)."""
-        return self._max_workers
 
     @property
     def backend(self) -> str:
@@ -261,114 +233,16 @@ class DaskExecutor(futures.Executor):
             RuntimeError: the executor was shut down (or the interpreter is exiting).
             BrokenProcessPool: the connection to the scheduler was lost.
         """
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
-        self._check_open()
-        fn_name = serialization.callable_name(fn)
-        future: Future[T] = Future()
-        try:
-            fn_blob = self._function_blob(fn)
-            args_blob = serialization.dumps((args, kwargs))
-        except (Exception, SystemExit) as exc:
-            error = pickle.PicklingError(
-                serialization.explain_unpicklable(fn_name, args, kwargs, exc)
-            )
-            error.__cause__ = exc
-            future.set_exception(error)
-            return future
-        task_id = next(self._task_ids)
-        parts = encode_task(task_id, TaskKind.CALL, fn_blob, args_blob)
-        self._enqueue(TaskState(task_id, future, parts, fn_name))
+        future, task = self._call_task(fn, args, kwargs)
+        if task is not None:
+            self._enqueue(task)
         return future
 
-    def _check_open(self) -> None:
-        broken = self._session.broken
-        if broken is not None:
-            raise BrokenProcessPool(str(broken))
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        if _interpreter_exiting:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+    def _broken(self) -> Optional[BaseException]:
+        return self._session.broken
 
-    def _enqueue(self, task: TaskState) -> None:
-        with self._shutdown_lock:
-            self._check_open()
-            self._session.submit(task)
-
-    def _function_blob(self, fn: Callable[..., Any]) -> bytes:
-        # As in the local Executor: a by-reference pickle never changes, so pickle it once.
-        try:
-            cached = self._function_blobs.get(fn)
-        except TypeError:  # unhashable callable
-            return serialization.dumps(fn)
-        if cached is not None:
-            return cached
-        blob = serialization.dumps(fn)
-        if serialization.is_reference(fn, blob):
-            if len(self._function_blobs) >= 64:
-                self._function_blobs.clear()
-            self._function_blobs[fn] = blob
-        return blob
-
-    # --------------------------------------------------------------------- map
-
-    def map(
-        self,
-        fn: Callable[..., T],
-        *iterables: Iterable[Any],
-        timeout: Optional[float] = None,
-        chunksize: ChunksizeArg = DEFAULT,
-        buffersize: BuffersizeArg = DEFAULT,
-        ordered: bool = True,
-        progress: ProgressArg = None,
-    ) -> Iterator[T]:
-        """Like the built-in ``map(fn, *iterables)``, run on the cluster.
-
-        The local backends' ``map``, keyword for keyword (see ``poolkit.Executor.map``):
-        lazy and bounded (at most ``buffersize`` chunks in flight, the input read as results
-        are consumed), chunked (``chunksize``, default ``"auto"``), ``ordered=False`` for
-        results as they complete, ``progress`` for a bar or a callback. Each chunk is one
-        dask task.
-
-        Raises:
-            The same as ``poolkit.Executor.map``; a chunk whose dask worker died raises
-            :class:`~poolkit.WorkerCrashedError` at its place.
-        """
-        return _map.start_map(
-            self,  # type: ignore[arg-type]  # the part of Executor that _map uses
-            fn,
-            zip(*iterables),
-            _map.common_length(iterables),
-            timeout=timeout,
-            chunksize=chunksize,
-            buffersize=buffersize,
-            ordered=ordered,
-            progress=progress,
-        )
-
-    def starmap(
-        self,
-        fn: Callable[..., T],
-        iterable: Iterable[Iterable[Any]],
-        *,
-        timeout: Optional[float] = None,
-        chunksize: ChunksizeArg = DEFAULT,
-        buffersize: BuffersizeArg = DEFAULT,
-        ordered: bool = True,
-        progress: ProgressArg = None,
-    ) -> Iterator[T]:
-        """Like ``itertools.starmap(fn, iterable)``, run on the cluster (see :meth:`map`)."""
-        return _map.start_map(
-            self,  # type: ignore[arg-type]
-            fn,
-            iter(iterable),
-            _map.common_length((iterable,)),
-            timeout=timeout,
-            chunksize=chunksize,
-            buffersize=buffersize,
-            ordered=ordered,
-            progress=progress,
-        )
+    def _deliver(self, task: TaskState) -> None:
+        self._session.submit(task)
 
     # ---------------------------------------------------------------- shutdown
 
@@ -383,6 +257,8 @@ class DaskExecutor(futures.Executor):
 
         Calling it again is harmless. Called from a future's callback, it does not wait.
         """
+        if not cancel_futures:
+            self._finish_maps()
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:

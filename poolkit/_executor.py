@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import itertools
-import os
-import pickle
 import signal
 import sys
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
-from concurrent import futures
+from collections.abc import Iterable
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, Literal, Optional, TypeVar
 
-from . import _map
 from . import _serialization as serialization
 from ._backends import resolve_backend
 from ._dispatcher import Dispatcher
-from ._errors import BrokenProcessPool
-from ._map import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
-from ._messages import TaskKind, encode_task
+from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
 from ._options import UNSET, TaskOptions, check_bytes, check_seconds
 from ._tasks import TaskState, abandon_futures
 from ._worker import WorkerConfig
@@ -31,7 +24,6 @@ T = TypeVar("T")
 #: After Ctrl-C, how long to wait for the killed workers to be reaped.
 EXIT_JOIN_SECONDS = 10.0
 
-_interpreter_exiting = False
 _live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
@@ -39,8 +31,7 @@ _live_lock = threading.Lock()
 def _at_interpreter_exit() -> None:
     # Runs before the interpreter joins non-daemon threads (as the stdlib pool does): every
     # executor still open finishes its queued work, then its workers stop.
-    global _interpreter_exiting
-    _interpreter_exiting = True
+    mark_interpreter_exiting()
     with _live_lock:
         dispatchers = list(_live_dispatchers)
     # Exiting because of an unhandled Ctrl-C: stop now instead of finishing the queue.
@@ -60,14 +51,7 @@ if hasattr(threading, "_register_atexit"):
     threading._register_atexit(_at_interpreter_exit)
 
 
-def _default_workers() -> int:
-    count: Optional[int] = getattr(os, "process_cpu_count", lambda: None)()
-    if count is None and hasattr(os, "sched_getaffinity"):
-        count = len(os.sched_getaffinity(0))
-    return count or os.cpu_count() or 1
-
-
-class Executor(futures.Executor):
+class Executor(TaskFrontend):
     """A pool of persistent worker processes behind the ``concurrent.futures`` interface.
 
     A drop-in replacement for ``concurrent.futures.ProcessPoolExecutor``: the same
@@ -130,7 +114,7 @@ class Executor(futures.Executor):
         max_memory_per_child: Optional[int] = None,
     ) -> None:
         if max_workers is None:
-            max_workers = _default_workers()
+            max_workers = default_workers()
         elif not isinstance(max_workers, int) or isinstance(max_workers, bool):
             raise TypeError(f"max_workers must be an int, got {type(max_workers).__name__}")
         elif max_workers <= 0:
@@ -156,22 +140,13 @@ class Executor(futures.Executor):
         except Exception as exc:
             raise TypeError(f"initializer or initargs cannot be pickled: {exc}") from exc
 
-        self._max_workers = max_workers
+        self._init_frontend(max_workers)
+        self._max_tasks_per_child = max_tasks_per_child
         self._start_method = method.name
-        self._shutdown_lock = threading.Lock()
-        self._shutdown = False
-        self._task_ids = itertools.count(1)
-        self._function_blobs: dict[Callable[..., Any], bytes] = {}
-        self._live_maps: weakref.WeakSet[Any] = weakref.WeakSet()  # maps still reading input
         self._dispatcher = Dispatcher(method, max_workers, config_blob, max_tasks_per_child)
         self._dispatcher.start(self)
         with _live_lock:
             _live_dispatchers.add(self._dispatcher)
-
-    @property
-    def max_workers(self) -> int:
-        """Number of worker processes the pool keeps running."""
-        return self._max_workers
 
     @property
     def start_method(self) -> str:
@@ -216,26 +191,10 @@ class Executor(futures.Executor):
         *,
         timeout: Optional[float],
     ) -> Future[T]:
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
-        self._check_open()
-        fn_name = serialization.callable_name(fn)
-        future: Future[T] = Future()
-        try:
-            fn_blob = self._function_blob(fn)
-            args_blob = serialization.dumps((args, kwargs))
-        except (Exception, SystemExit) as exc:
-            error = pickle.PicklingError(
-                serialization.explain_unpicklable(fn_name, args, kwargs, exc)
-            )
-            error.__cause__ = exc
-            future.set_exception(error)
-            return future
-        task_id = next(self._task_ids)
-        parts = encode_task(task_id, TaskKind.CALL, fn_blob, args_blob)
-        task = TaskState(task_id, future, parts, fn_name)
-        task.timeout = self._task_timeout if timeout is UNSET else timeout
-        self._enqueue(task, default_timeout=False)
+        future, task = self._call_task(fn, args, kwargs)
+        if task is not None:
+            task.timeout = self._task_timeout if timeout is UNSET else timeout
+            self._enqueue(task, defaults=False)
         return future
 
     def stop(self, future: Future[Any]) -> None:
@@ -253,130 +212,16 @@ class Executor(futures.Executor):
             return
         self._dispatcher.stop_task(future)
 
-    def _register_map(self, run: Any) -> None:
-        self._live_maps.add(run)
+    def _broken(self) -> Optional[BaseException]:
+        return self._dispatcher.broken
 
-    def _check_open(self) -> None:
-        if self._dispatcher.broken is not None:
-            raise BrokenProcessPool(
-                str(self._dispatcher.broken)
-            ) from self._dispatcher.broken.__cause__
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        if _interpreter_exiting:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+    def _deliver(self, task: TaskState) -> None:
+        self._dispatcher.submit(task)
 
-    def _enqueue(self, task: TaskState, default_timeout: bool = True) -> None:
-        if default_timeout and task.timeout is None and self._task_timeout is not None:
+    def _apply_defaults(self, task: TaskState) -> None:
+        # A map chunk of n items may run n times as long as one item.
+        if task.timeout is None and self._task_timeout is not None:
             task.timeout = self._task_timeout * task.items
-        with self._shutdown_lock:
-            self._check_open()
-            self._dispatcher.submit(task)
-
-    def _function_blob(self, fn: Callable[..., Any]) -> bytes:
-        # A module-level function pickles to a short reference that never changes: pickle it
-        # once. Anything else (closures, __main__ functions, callable objects) may change
-        # between calls, so it is pickled every time.
-        try:
-            cached = self._function_blobs.get(fn)
-        except TypeError:  # unhashable callable
-            return serialization.dumps(fn)
-        if cached is not None:
-            return cached
-        blob = serialization.dumps(fn)
-        if serialization.is_reference(fn, blob):
-            if len(self._function_blobs) >= 64:
-                self._function_blobs.clear()
-            self._function_blobs[fn] = blob
-        return blob
-
-    # --------------------------------------------------------------------- map
-
-    def map(
-        self,
-        fn: Callable[..., T],
-        *iterables: Iterable[Any],
-        timeout: Optional[float] = None,
-        chunksize: ChunksizeArg = DEFAULT,
-        buffersize: BuffersizeArg = DEFAULT,
-        ordered: bool = True,
-        progress: ProgressArg = None,
-    ) -> Iterator[T]:
-        """Like the built-in ``map(fn, *iterables)``, run in the workers (see docs/map.md).
-
-        Lazy and bounded: at most ``buffersize`` chunks are in flight, and the input is read
-        only as results are consumed, so an endless iterable is fine. Leaving the loop early
-        (``break``, ``close()``, an exception) cancels every chunk that has not started.
-
-        Args:
-            timeout: a deadline, in seconds from this call, for the whole iteration.
-            chunksize: items per task, or ``"auto"``: sized from the measured time per item
-                and the pool size. Default ``"auto"``, except 1 when ``buffersize`` is given
-                (the standard library's spelling gets its semantics) or the executor has
-                ``max_tasks_per_child`` (a chunk counts as one task).
-            buffersize: chunks in flight; default ``4 * max_workers``. ``None`` means no
-                bound, as in the standard library: the whole input is read and every chunk
-                submitted before ``map`` returns.
-            ordered: ``False`` yields results as chunks complete (like
-                ``multiprocessing.Pool.imap_unordered``) instead of in input order.
-            progress: ``True`` for a tqdm progress bar (``pip install poolkit[progress]``),
-                or a callable, called in the caller's thread with the number of items newly
-                done (``progress=bar.update`` works). Counts items, not chunks.
-
-        Raises:
-            TypeError: ``fn`` is not callable; ``chunksize``, ``buffersize`` or ``progress``
-                has the wrong type.
-            ValueError: ``chunksize`` < 1 or ``buffersize`` < 1.
-            ImportError: ``progress=True`` and tqdm is not installed.
-            RuntimeError, BrokenProcessPool: the executor is shut down or broken.
-            TimeoutError: (while iterating) the deadline passed.
-            Exception: (while iterating) the first exception raised by ``fn``, at its item's
-                place, after the results before it; its ``map_index`` attribute (and, on
-                3.11+, a note) gives the item's index, and its ``__cause__`` the worker's
-                traceback.
-        """
-        return _map.start_map(
-            self,
-            fn,
-            zip(*iterables),
-            _map.common_length(iterables),
-            timeout=timeout,
-            chunksize=chunksize,
-            buffersize=buffersize,
-            ordered=ordered,
-            progress=progress,
-        )
-
-    def starmap(
-        self,
-        fn: Callable[..., T],
-        iterable: Iterable[Iterable[Any]],
-        *,
-        timeout: Optional[float] = None,
-        chunksize: ChunksizeArg = DEFAULT,
-        buffersize: BuffersizeArg = DEFAULT,
-        ordered: bool = True,
-        progress: ProgressArg = None,
-    ) -> Iterator[T]:
-        """Like ``itertools.starmap(fn, iterable)``: each item is a tuple of arguments.
-
-        ``ex.starmap(pow, [(2, 5), (3, 2)])`` yields 32, 9. Keywords, laziness and errors
-        as in :meth:`map`; an item that is not iterable fails with ``TypeError`` at its place.
-
-        Raises:
-            The same as :meth:`map`.
-        """
-        return _map.start_map(
-            self,
-            fn,
-            iter(iterable),
-            _map.common_length((iterable,)),
-            timeout=timeout,
-            chunksize=chunksize,
-            buffersize=buffersize,
-            ordered=ordered,
-            progress=progress,
-        )
 
     # ---------------------------------------------------------------- shutdown
 
@@ -391,10 +236,7 @@ class Executor(futures.Executor):
         thread), it does not wait.
         """
         if not cancel_futures:
-            # Lazy maps over sized inputs submit their remaining input first (see
-            # _map._MapRun.finish_input): results read after the `with` block still come.
-            for run in list(self._live_maps):
-                run.finish_input()
+            self._finish_maps()
         with self._shutdown_lock:
             self._shutdown = True
             if cancel_futures:

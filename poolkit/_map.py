@@ -48,7 +48,7 @@ from ._messages import ChunkOutcome, MessageKind, TaskKind, WorkerMessage, encod
 from ._tasks import TaskState, rebuild_exception
 
 if TYPE_CHECKING:
-    from ._executor import Executor
+    from ._frontend import TaskFrontend as Executor
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def start_map(
     if chunksize is DEFAULT:
         # The stdlib spelling (buffersize given) gets the stdlib default; a chunk counts as
         # one task toward max_tasks_per_child, so auto chunks would change what it means.
-        max_tasks = getattr(executor._dispatcher, "_max_tasks_per_child", None)
+        max_tasks = executor._max_tasks_per_child
         chunksize = "auto" if buffersize is DEFAULT and max_tasks is None else 1
     if buffersize is DEFAULT:
         buffersize = BUFFER_CHUNKS_PER_WORKER * workers

@@ -1,0 +1,234 @@
+"""What every poolkit executor does in the caller's thread: check, pickle, queue, map.
+
+The local pool (``Executor``) and the dask backend (``DaskExecutor``) differ in where a
+task goes once it is pickled; everything before that is here, once: argument checks, the
+pickling of a call (so one bad task fails its own future, never the pool), the cache of
+by-reference function pickles, the shutdown and broken checks, and ``map``/``starmap``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from concurrent import futures
+from concurrent.futures import Future
+from typing import Any, Callable, Optional, TypeVar
+
+from . import _map
+from . import _serialization as serialization
+from ._errors import BrokenProcessPool
+from ._map import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
+from ._messages import TaskKind, encode_task
+from ._tasks import TaskState
+
+T = TypeVar("T")
+
+_FUNCTION_CACHE_SIZE = 64
+_interpreter_exiting = False
+
+
+def mark_interpreter_exiting() -> None:
+    """From the interpreter-exit hooks: refuse new tasks from now on."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+
+
+def default_workers() -> int:
+    """The number of CPUs this process may use."""
+    count: Optional[int] = getattr(os, "process_cpu_count", lambda: None)()
+    if count is None and hasattr(os, "sched_getaffinity"):
+        count = len(os.sched_getaffinity(0))
+    return count or os.cpu_count() or 1
+
+
+class TaskFrontend(futures.Executor):
+    """The caller-side half of a poolkit executor; subclasses say where tasks go."""
+
+    _max_workers: int
+    #: Tasks a worker runs before it is replaced (map keeps chunks at one item then).
+    _max_tasks_per_child: Optional[int] = None
+
+    def _init_frontend(self, max_workers: int) -> None:
+        self._max_workers = max_workers
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._task_ids = itertools.count(1)
+        self._function_blobs: dict[Callable[..., Any], bytes] = {}
+        self._live_maps: weakref.WeakSet[Any] = weakref.WeakSet()  # maps still reading input
+
+    # ------------------------------------------------------- for subclasses
+
+    def _broken(self) -> Optional[BaseException]:
+        """Why the executor cannot run tasks any more, or None."""
+        raise NotImplementedError
+
+    def _deliver(self, task: TaskState) -> None:
+        """Hand a checked task to the backend (called with the shutdown lock held)."""
+        raise NotImplementedError
+
+    def _apply_defaults(self, task: TaskState) -> None:
+        """Fill in executor-wide task options (a map chunk's time limit, ...)."""
+
+    # ----------------------------------------------------------------- common
+
+    @property
+    def max_workers(self) -> int:
+        """Number of tasks the executor runs at once."""
+        return self._max_workers
+
+    def _call_task(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Future[Any], Optional[TaskState]]:
+        """Pickle ``fn(*args, **kwargs)``: its future, and its task (None if it failed)."""
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        self._check_open()
+        fn_name = serialization.callable_name(fn)
+        future: Future[Any] = Future()
+        try:
+            fn_blob = self._function_blob(fn)
+            args_blob = serialization.dumps((args, kwargs))
+        except (Exception, SystemExit) as exc:
+            error = pickle.PicklingError(
+                serialization.explain_unpicklable(fn_name, args, kwargs, exc)
+            )
+            error.__cause__ = exc
+            future.set_exception(error)
+            return future, None
+        task_id = next(self._task_ids)
+        parts = encode_task(task_id, TaskKind.CALL, fn_blob, args_blob)
+        return future, TaskState(task_id, future, parts, fn_name)
+
+    def _check_open(self) -> None:
+        broken = self._broken()
+        if broken is not None:
+            raise BrokenProcessPool(str(broken)) from broken.__cause__
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def _enqueue(self, task: TaskState, defaults: bool = True) -> None:
+        if defaults:
+            self._apply_defaults(task)
+        with self._shutdown_lock:
+            self._check_open()
+            self._deliver(task)
+
+    def _function_blob(self, fn: Callable[..., Any]) -> bytes:
+        # A module-level function pickles to a short reference that never changes: pickle it
+        # once. Anything else (closures, __main__ functions, callable objects) may change
+        # between calls, so it is pickled every time.
+        try:
+            cached = self._function_blobs.get(fn)
+        except TypeError:  # unhashable callable
+            return serialization.dumps(fn)
+        if cached is not None:
+            return cached
+        blob = serialization.dumps(fn)
+        if serialization.is_reference(fn, blob):
+            if len(self._function_blobs) >= _FUNCTION_CACHE_SIZE:
+                self._function_blobs.clear()
+            self._function_blobs[fn] = blob
+        return blob
+
+    def _register_map(self, run: Any) -> None:
+        self._live_maps.add(run)
+
+    def _finish_maps(self) -> None:
+        # Lazy maps over sized inputs submit their remaining input before shutdown (see
+        # _map._MapRun.finish_input): results read after the `with` block still come.
+        for run in list(self._live_maps):
+            run.finish_input()
+
+    # -------------------------------------------------------------------- map
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: ChunksizeArg = DEFAULT,
+        buffersize: BuffersizeArg = DEFAULT,
+        ordered: bool = True,
+        progress: ProgressArg = None,
+    ) -> Iterator[T]:
+        """Like the built-in ``map(fn, *iterables)``, run in the workers (see docs/map.md).
+
+        Lazy and bounded: at most ``buffersize`` chunks are in flight, and the input is read
+        only as results are consumed, so an endless iterable is fine. Leaving the loop early
+        (``break``, ``close()``, an exception) cancels every chunk that has not started.
+
+        Args:
+            timeout: a deadline, in seconds from this call, for the whole iteration.
+            chunksize: items per task, or ``"auto"``: sized from the measured time per item
+                and the pool size. Default ``"auto"``, except 1 when ``buffersize`` is given
+                (the standard library's spelling gets its semantics) or the executor has
+                ``max_tasks_per_child`` (a chunk counts as one task).
+            buffersize: chunks in flight; default ``4 * max_workers``. ``None`` means no
+                bound, as in the standard library: the whole input is read and every chunk
+                submitted before ``map`` returns.
+            ordered: ``False`` yields results as chunks complete (like
+                ``multiprocessing.Pool.imap_unordered``) instead of in input order.
+            progress: ``True`` for a tqdm progress bar (``pip install poolkit[progress]``),
+                or a callable, called in the caller's thread with the number of items newly
+                done (``progress=bar.update`` works). Counts items, not chunks.
+
+        Raises:
+            TypeError: ``fn`` is not callable; ``chunksize``, ``buffersize`` or ``progress``
+                has the wrong type.
+            ValueError: ``chunksize`` < 1 or ``buffersize`` < 1.
+            ImportError: ``progress=True`` and tqdm is not installed.
+            RuntimeError, BrokenProcessPool: the executor is shut down or broken.
+            TimeoutError: (while iterating) the deadline passed.
+            Exception: (while iterating) the first exception raised by ``fn``, at its item's
+                place, after the results before it; its ``map_index`` attribute (and, on
+                3.11+, a note) gives the item's index, and its ``__cause__`` the worker's
+                traceback.
+        """
+        return _map.start_map(
+            self,
+            fn,
+            zip(*iterables),
+            _map.common_length(iterables),
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+            progress=progress,
+        )
+
+    def starmap(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        *,
+        timeout: Optional[float] = None,
+        chunksize: ChunksizeArg = DEFAULT,
+        buffersize: BuffersizeArg = DEFAULT,
+        ordered: bool = True,
+        progress: ProgressArg = None,
+    ) -> Iterator[T]:
+        """Like ``itertools.starmap(fn, iterable)``: each item is a tuple of arguments.
+
+        ``ex.starmap(pow, [(2, 5), (3, 2)])`` yields 32, 9. Keywords, laziness and errors
+        as in :meth:`map`; an item that is not iterable fails with ``TypeError`` at its place.
+
+        Raises:
+            The same as :meth:`map`.
+        """
+        return _map.start_map(
+            self,
+            fn,
+            iter(iterable),
+            _map.common_length((iterable,)),
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+            progress=progress,
+        )
