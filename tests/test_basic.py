@@ -70,7 +70,7 @@ def test_workers_are_persistent(start_method: str) -> None:
         pids = {f.result() for f in [ex.submit(tasks.getpid) for _ in range(50)]}
         assert 1 <= len(pids) <= 2
         more = {f.result() for f in [ex.submit(tasks.getpid) for _ in range(50)]}
-        assert more <= pids | more and len(pids | more) <= 2
+        assert len(pids | more) <= 2  # the same processes served both rounds
 
 
 @pytest.mark.parametrize("chunksize", [1, 3, 100])

@@ -487,9 +487,7 @@ def test_lost_scheduler_fails_pending_futures(distributed: Any, tmp_path: Path) 
         with pytest.raises(BrokenProcessPool, match="lost the connection"):
             ex.submit(tasks.square, 1)
         assert "broken" in repr(ex)
-        started = time.monotonic()
-        ex.shutdown(wait=True)
-        assert time.monotonic() - started < 30
+        ex.shutdown(wait=True)  # returns (pytest-timeout fails the test if it hangs)
     finally:
         if process.poll() is None:
             process.kill()
