@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from ._pkbench.catalog import PEERS, WORKLOADS
 
@@ -72,22 +72,23 @@ def build_parser(prog: str = "python -m poolkit bench") -> argparse.ArgumentPars
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _parse_positive(text, int, "a positive integer")
 
 
 def _positive_float(text: str) -> float:
+    return _parse_positive(text, float, "a positive number of seconds")
+
+
+Number = TypeVar("Number", int, float)
+
+
+def _parse_positive(text: str, convert: Callable[[str], Number], what: str) -> Number:
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
 
 

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._pkbench.procfs import all_processes
+
 logger = logging.getLogger(__name__)
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -103,25 +105,8 @@ def launch(spec: dict[str, Any], timeout: float) -> Outcome:
 
 
 def group_members(pgid: int) -> list[tuple[int, str]]:
-    """(pid, name) of every process in process group ``pgid`` (Linux ``/proc``)."""
-    members = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                text = stat.read()
-        except OSError:
-            continue
-        name = text[text.find("(") + 1 : text.rfind(")")]
-        fields = text[text.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append((int(entry), name))
-    return members
+    """(pid, name) of every live process in process group ``pgid`` (Linux ``/proc``)."""
+    return [(stat.pid, stat.name) for stat in all_processes() if stat.pgid == pgid]
 
 
 def _reap_group(pgid: int) -> list[str]:
