@@ -154,8 +154,9 @@ def run(
             skipped and named in ``result.skipped``.
         floors: also measure bare processes, Connections and raw pipes (the limits).
         workloads: a subset of workloads (default all): cold, respawn, latency, burst, map1,
-            mapchunk, mapauto, mapmodes, cpu, payload, memory.
-        timeout: seconds one measurement process may take before it is killed.
+            mapchunk, mapdefault, mapauto, mapmodes, cpu, payload, array, memory.
+        timeout: seconds one measurement process may take before it is killed (a few
+            workloads that are long by design get a multiple of it: ``timeout_scale``).
         progress: ``True`` for a progress line on stderr, or a callable taking a line.
 
     Returns:
@@ -214,7 +215,7 @@ def run(
             "workers": pool_size,
             "params": WORKLOADS_BY_NAME[name].parameters(quick),
         }
-        outcome = launch(spec, timeout)
+        outcome = launch(spec, timeout * WORKLOADS_BY_NAME[name].timeout_scale)
         key = (name, method, impl)
         if outcome.leftovers:
             result.problems.append(

@@ -11,6 +11,7 @@ import html
 from dataclasses import dataclass, field
 
 from ._machine import summary_line
+from ._pkbench.catalog import MAP_DEFAULTS
 from ._result import BenchResult, Cell, impl_title
 from ._stats import format_stat
 
@@ -108,6 +109,13 @@ def header_lines(result: BenchResult) -> list[str]:
         f"interleaved, warm-up excluded{' (--quick sizes)' if result.quick else ''}",
         f"machine: {summary_line(result.machine)}",
     ]
+    if "mapdefault" in result.workloads:
+        defaults = [
+            f"{impl_title(impl)} {MAP_DEFAULTS[impl]}"
+            for impl in result.impls
+            if impl in MAP_DEFAULTS
+        ]
+        lines.append("map with default arguments: " + "; ".join(defaults))
     for impl, why in result.skipped.items():
         lines.append(f"skipped {impl}: {why}")
     return lines

@@ -72,7 +72,7 @@ class BenchResult:
         self, workload: str, metric: str, candidates: list[tuple[str, str]]
     ) -> Optional[tuple[str, str]]:
         """The best of (method, impl) candidates for a metric, or None if none has a number."""
-        higher = _metric(workload, metric).higher_is_better
+        higher = metric_of(workload, metric).higher_is_better
         scored = [
             (value, candidate)
             for candidate in candidates
@@ -212,7 +212,8 @@ class BenchResult:
         return render_html(self)
 
 
-def _metric(workload: str, key: str) -> Metric:
+def metric_of(workload: str, key: str) -> Metric:
+    """The catalog's metric ``key`` of ``workload``."""
     for metric in WORKLOADS_BY_NAME[workload].metrics:
         if metric.key == key:
             return metric

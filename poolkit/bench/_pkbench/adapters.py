@@ -1,8 +1,9 @@
 """One small adapter per implementation, so every workload drives every pool the same way.
 
 An adapter offers ``submit(fn, *args)`` (returns a handle), ``wait(handle)`` (its result),
-``map(fn, items, chunksize)`` (a list) and ``shutdown()``. Peers are imported here, in the
-runner, and only when measured: a peer that is not installed costs nothing.
+``map(fn, items, chunksize)`` (a list; ``chunksize=None`` leaves the pool's own default) and
+``shutdown()``. Peers are imported here, in the runner, and only when measured: a peer that is
+not installed costs nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class PoolAdapter:
     #: Modules imported before any clock starts: constructing a pool is measured, importing
     #: its library is not.
     modules: tuple[str, ...] = ()
+    pool: Any = None
 
     @classmethod
     def preload(cls) -> None:
@@ -39,8 +41,8 @@ class PoolAdapter:
         """The result of a submitted task (re-raises its exception; TimeoutError if late)."""
         return handle.result(timeout)
 
-    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
-        """``[fn(x) for x in items]`` in the pool, with the given chunksize."""
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: Optional[int]) -> list[Any]:
+        """``[fn(x) for x in items]`` in the pool; ``chunksize=None``: the pool's own default."""
         raise NotImplementedError
 
     def imap(self, fn: Callable[..., Any], items: Any, **options: Any) -> Iterator[Any]:
@@ -56,57 +58,26 @@ class PoolAdapter:
         self.shutdown()
 
 
-class PoolkitAdapter(PoolAdapter):
-    impl = "poolkit"
-    modules = ("poolkit",)
+def chunking(chunksize: Optional[int], keyword: str = "chunksize") -> dict[str, int]:
+    """The chunksize keyword to pass: none at all for the pool's own default."""
+    return {} if chunksize is None else {keyword: chunksize}
 
-    def __init__(self, method: str, workers: int) -> None:
-        super().__init__(method, workers)
-        import poolkit
 
-        self.pool = poolkit.Executor(workers, start_method=method)
+class FuturesAdapter(PoolAdapter):
+    """A ``concurrent.futures.Executor``: ``submit`` gives a Future, ``map`` an iterator."""
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.pool.submit(fn, *args)
 
-    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
-        return list(self.pool.map(fn, items, chunksize=chunksize))
-
-    def imap(self, fn: Callable[..., Any], items: Any, **options: Any) -> Iterator[Any]:
-        return self.pool.map(fn, items, **options)
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: Optional[int]) -> list[Any]:
+        return list(self.pool.map(fn, items, **chunking(chunksize)))
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True)
 
 
-class StdlibAdapter(PoolAdapter):
-    impl = "stdlib"
-    modules = ("concurrent.futures.process",)
-
-    def __init__(self, method: str, workers: int) -> None:
-        super().__init__(method, workers)
-        from concurrent.futures import ProcessPoolExecutor
-
-        context = multiprocessing.get_context(method)
-        self.pool = ProcessPoolExecutor(workers, mp_context=context)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.pool.submit(fn, *args)
-
-    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
-        return list(self.pool.map(fn, items, chunksize=chunksize))
-
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True)
-
-
-class MpPoolAdapter(PoolAdapter):
-    impl = "mppool"
-    modules = ("multiprocessing.pool",)
-
-    def __init__(self, method: str, workers: int) -> None:
-        super().__init__(method, workers)
-        self.pool = multiprocessing.get_context(method).Pool(workers)
+class AsyncResultAdapter(PoolAdapter):
+    """A pool whose ``apply_async`` gives a ``multiprocessing`` AsyncResult."""
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.pool.apply_async(fn, args)
@@ -117,8 +88,43 @@ class MpPoolAdapter(PoolAdapter):
         except multiprocessing.TimeoutError:
             raise TimeoutError("no result in time") from None
 
-    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
-        return self.pool.map(fn, items, chunksize)
+
+class PoolkitAdapter(FuturesAdapter):
+    impl = "poolkit"
+    modules = ("poolkit",)
+
+    def __init__(self, method: str, workers: int) -> None:
+        super().__init__(method, workers)
+        import poolkit
+
+        self.pool = poolkit.Executor(workers, start_method=method)
+
+    def imap(self, fn: Callable[..., Any], items: Any, **options: Any) -> Iterator[Any]:
+        return self.pool.map(fn, items, **options)  # type: ignore[no-any-return]
+
+
+class StdlibAdapter(FuturesAdapter):
+    impl = "stdlib"
+    modules = ("concurrent.futures.process",)
+
+    def __init__(self, method: str, workers: int) -> None:
+        super().__init__(method, workers)
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context(method)
+        self.pool = ProcessPoolExecutor(workers, mp_context=context)
+
+
+class MpPoolAdapter(AsyncResultAdapter):
+    impl = "mppool"
+    modules = ("multiprocessing.pool",)
+
+    def __init__(self, method: str, workers: int) -> None:
+        super().__init__(method, workers)
+        self.pool = multiprocessing.get_context(method).Pool(workers)
+
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: Optional[int]) -> list[Any]:
+        return self.pool.map(fn, items, chunksize)  # type: ignore[no-any-return]
 
     def shutdown(self) -> None:
         self.pool.close()
@@ -132,7 +138,7 @@ class MpPoolAdapter(PoolAdapter):
             process.join(1.0)
 
 
-class LokyAdapter(PoolAdapter):
+class LokyAdapter(FuturesAdapter):
     impl = "loky"
     modules = ("loky", "loky.backend.context")
 
@@ -144,17 +150,8 @@ class LokyAdapter(PoolAdapter):
         context = importlib.import_module("loky.backend.context").get_context(method)
         self.pool = loky.ProcessPoolExecutor(max_workers=workers, context=context)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.pool.submit(fn, *args)
 
-    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
-        return list(self.pool.map(fn, items, chunksize=chunksize))
-
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True)
-
-
-class MpireAdapter(PoolAdapter):
+class MpireAdapter(AsyncResultAdapter):
     impl = "mpire"
     modules = ("mpire",)
 
@@ -164,18 +161,10 @@ class MpireAdapter(PoolAdapter):
         # keep_alive: reuse the workers between calls, like every other pool here.
         self.pool = mpire.WorkerPool(n_jobs=workers, start_method=method, keep_alive=True)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.pool.apply_async(fn, args)
-
-    def wait(self, handle: Any, timeout: Optional[float] = None) -> Any:
-        try:
-            return handle.get(timeout)
-        except multiprocessing.TimeoutError:
-            raise TimeoutError("no result in time") from None
-
-    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: Optional[int]) -> list[Any]:
         # mpire unpacks tuple items into arguments; wrap each item so fn gets it whole.
-        return list(self.pool.map(fn, [(item,) for item in items], chunk_size=chunksize))
+        wrapped = [(item,) for item in items]
+        return list(self.pool.map(fn, wrapped, **chunking(chunksize, "chunk_size")))
 
     def shutdown(self) -> None:
         self.pool.stop_and_join()
@@ -198,8 +187,8 @@ class PebbleAdapter(PoolAdapter):
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.pool.schedule(fn, args=args)
 
-    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
-        return list(self.pool.map(fn, items, chunksize=chunksize).result())
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: Optional[int]) -> list[Any]:
+        return list(self.pool.map(fn, items, **chunking(chunksize)).result())
 
     def shutdown(self) -> None:
         self.pool.close()
@@ -210,7 +199,7 @@ class PebbleAdapter(PoolAdapter):
         self.pool.join()
 
 
-class DaskAdapter(PoolAdapter):
+class DaskAdapter(FuturesAdapter):
     """poolkit's ``backend="dask"`` on a LocalCluster it starts (127.0.0.1): the price of going
     distributed. The start method is the one dask's nannies start the workers with."""
 
@@ -227,17 +216,8 @@ class DaskAdapter(PoolAdapter):
         dask.config.set({"distributed.worker.multiprocessing-method": method})
         self.pool = poolkit.Executor(workers, backend="dask")
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.pool.submit(fn, *args)
-
-    def map(self, fn: Callable[..., Any], items: Any, chunksize: int) -> list[Any]:
-        return list(self.pool.map(fn, items, chunksize=chunksize))
-
     def imap(self, fn: Callable[..., Any], items: Any, **options: Any) -> Iterator[Any]:
-        return self.pool.map(fn, items, **options)  # the same map keywords as poolkit
-
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True)
+        return self.pool.map(fn, items, **options)  # type: ignore[no-any-return]
 
     def abort(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

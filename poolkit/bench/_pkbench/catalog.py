@@ -29,6 +29,17 @@ PEER_MODULES = {
     "pebble": ("pebble", "pebble"),
     "dask": ("distributed", "distributed"),
 }
+#: What each implementation's ``map`` does when called without a chunksize (the
+#: ``mapdefault`` workload calls it so).
+MAP_DEFAULTS = {
+    "poolkit": "chunksize='auto' (sized from the measured time per item)",
+    "stdlib": "chunksize=1",
+    "mppool": "chunksize=ceil(n/(4*workers))",
+    "loky": "chunksize=1",
+    "mpire": "chunk_size=None: 4*workers chunks of about n/(4*workers)",
+    "pebble": "chunksize=1",
+    "dask": "chunksize='auto' (poolkit's map)",
+}
 
 
 class Metric(NamedTuple):
@@ -39,6 +50,9 @@ class Metric(NamedTuple):
     unit: str
     higher_is_better: bool
     floor_only: bool = False  #: only the floor reports it (e.g. the raw pipe round trip)
+    #: A change in it is a change in speed or size (``benchmarks/run.py --compare`` flags a
+    #: regression); False for what only describes a run, such as a chosen chunksize.
+    compared: bool = True
 
 
 class Workload(NamedTuple):
@@ -49,11 +63,17 @@ class Workload(NamedTuple):
     metrics: tuple[Metric, ...]
     params: dict[str, Any]
     quick_params: dict[str, Any]
+    #: Its measurement may take this many times the run's timeout (a slow pool's full-size run
+    #: of a workload that is long by design).
+    timeout_scale: float = 1.0
 
     def parameters(self, quick: bool) -> dict[str, Any]:
         """The parameters of a default or a ``--quick`` run."""
         return dict(self.quick_params if quick else self.params)
 
+
+#: The memory workload's label for every process below the parent that is not a worker.
+HELPERS = "memory: helper processes (fork template, fork server, resource tracker), RSS"
 
 WORKLOADS: tuple[Workload, ...] = (
     Workload(
@@ -107,6 +127,18 @@ WORKLOADS: tuple[Workload, ...] = (
         {"items": 20000},
     ),
     Workload(
+        "mapdefault",
+        "map, default arguments",
+        (
+            Metric(
+                "rate", "map {items:,} tiny tasks, each pool's default arguments", "tasks/s", True
+            ),
+        ),
+        {"items": 200000},
+        {"items": 20000},
+        timeout_scale=3.0,  # pools whose default chunksize is 1 send 200,000 tasks
+    ),
+    Workload(
         "mapauto",
         "map, chunksize auto vs fixed",
         tuple(
@@ -119,7 +151,13 @@ WORKLOADS: tuple[Workload, ...] = (
             for metric in (
                 Metric(f"{kind}_auto", f"map {what}, chunksize='auto'", "tasks/s", True),
                 Metric(f"{kind}_best", f"map {what}, best fixed chunksize", "tasks/s", True),
-                Metric(f"{kind}_best_chunksize", f"map {what}, that chunksize", "items", True),
+                Metric(
+                    f"{kind}_best_chunksize",
+                    f"map {what}, that chunksize",
+                    "items",
+                    True,
+                    compared=False,
+                ),
                 Metric(f"{kind}_ratio", f"map {what}, auto / best fixed", "x", True),
             )
         ),
@@ -145,7 +183,7 @@ WORKLOADS: tuple[Workload, ...] = (
                 "speedup", "CPU scaling, {tasks} x {task_ms} ms pure-Python tasks", "x serial", True
             ),
         ),
-        {"tasks": 32, "task_ms": 10},
+        {"tasks": 64, "task_ms": 20},
         {"tasks": 8, "task_ms": 5},
     ),
     Workload(
@@ -159,11 +197,29 @@ WORKLOADS: tuple[Workload, ...] = (
         {"mib": 2, "reps": 2},
     ),
     Workload(
+        "array",
+        "numpy array round trip",
+        (
+            Metric(
+                "mibs",
+                "{mib} MiB numpy float64 array round trip, submit(ident, a).result()",
+                "MiB/s",
+                True,
+            ),
+        ),
+        {"mib": 32, "reps": 7},
+        {"mib": 32, "reps": 2},
+    ),
+    Workload(
         "memory",
         "memory",
         (
             Metric("parent_mib", "memory: parent RSS", "MiB", False),
             Metric("worker_mib", "memory: each idle worker RSS", "MiB", False),
+            Metric("helper_mib", HELPERS, "MiB", False),
+            Metric("total_mib", "memory: parent + workers + helpers, total RSS", "MiB", False),
+            Metric("total_pss_mib", "memory: parent + workers + helpers, total PSS", "MiB", False),
+            Metric("processes", "memory: processes besides the parent", "procs", False),
         ),
         {},
         {},

@@ -13,10 +13,10 @@ import statistics
 import threading
 import time
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from . import tasks
-from .workloads import Values, percentile, rss_mib
+from .workloads import Values, memory_values, percentile
 
 _ECHO_STOP = b"stop"
 
@@ -199,58 +199,82 @@ def floor_cpu(method: str, workers: int, params: dict[str, Any]) -> Values:
     return {"speedup": float(min(workers, cpus or 1))}
 
 
+class _RawChild:
+    """A forked child on two raw pipes, serving requests for ``size``-byte payloads.
+
+    ``a``: the parent sends a payload, the child acknowledges with one byte; ``r``: the child
+    sends one; ``e``: the parent sends one and the child sends it back, once it has it whole.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.blob = b"\x01" * size
+        from_parent, self._to_child = os.pipe()
+        self._from_child, to_parent = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self._to_child)
+            os.close(self._from_child)
+            try:
+                self._serve(from_parent, to_parent)
+            finally:
+                os._exit(0)
+        os.close(from_parent)
+        os.close(to_parent)
+
+    def _serve(self, inbox: int, outbox: int) -> None:
+        while True:
+            request = os.read(inbox, 1)
+            if not request:
+                return
+            if request == b"r":
+                _write_all(outbox, self.blob)
+                continue
+            data = _read_exactly(inbox, self.size)
+            _write_all(outbox, b"k" if request == b"a" else data)
+
+    def seconds(self, request: bytes) -> float:
+        """One request's round trip, in seconds."""
+        start = time.perf_counter()
+        os.write(self._to_child, request)
+        if request != b"r":
+            _write_all(self._to_child, self.blob)
+        _read_exactly(self._from_child, 1 if request == b"a" else self.size)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        os.close(self._to_child)
+        os.close(self._from_child)
+        os.waitpid(self.pid, 0)
+
+
+def _raw_rates(params: dict[str, Any], requests: dict[str, bytes]) -> Values:
+    """MiB/s of each request through a :class:`_RawChild` (median of the reps, after one)."""
+    child = _RawChild(int(float(params["mib"]) * (1 << 20)))
+    times: dict[str, list[float]] = {key: [] for key in requests}
+    try:
+        for rep in range(int(params["reps"]) + 1):
+            for key, request in requests.items():
+                elapsed = child.seconds(request)
+                if rep:  # the first is a warm-up
+                    times[key].append(elapsed)
+    finally:
+        child.close()
+    mib = child.size / (1 << 20)
+    return {key: mib / statistics.median(samples) for key, samples in times.items()}
+
+
 def floor_payload(method: str, workers: int, params: dict[str, Any]) -> Values:
     """MiB/s through a raw pipe to and from a forked child."""
-    size = int(float(params["mib"]) * (1 << 20))
-    reps = int(params["reps"])
-    from_parent, to_child = os.pipe()
-    from_child, to_parent = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: read a payload, acknowledge; on request, send one
-        os.close(to_child)
-        os.close(from_child)
-        blob = b"\x01" * size
-        try:
-            while True:
-                request = os.read(from_parent, 1)
-                if not request:
-                    break
-                if request == b"a":
-                    _read_exactly(from_parent, size)
-                    os.write(to_parent, b"k")
-                else:
-                    _write_all(to_parent, blob)
-        finally:
-            os._exit(0)
-    os.close(from_parent)
-    os.close(to_parent)
-    blob = b"\x01" * size
-    arg_times, result_times = [], []
-    try:
-        for i in range(reps + 1):
-            start = time.perf_counter()
-            os.write(to_child, b"a")
-            _write_all(to_child, blob)
-            _read_exactly(from_child, 1)
-            if i:
-                arg_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            os.write(to_child, b"r")
-            _read_exactly(from_child, size)
-            if i:
-                result_times.append(time.perf_counter() - start)
-    finally:
-        os.close(to_child)
-        os.close(from_child)
-        os.waitpid(pid, 0)
-    mib = size / (1 << 20)
-    return {
-        "arg_mibs": mib / statistics.median(arg_times),
-        "result_mibs": mib / statistics.median(result_times),
-    }
+    return _raw_rates(params, {"arg_mibs": b"a", "result_mibs": b"r"})
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def floor_array(method: str, workers: int, params: dict[str, Any]) -> Values:
+    """The array's bytes to a forked child and back over raw pipes: MiB/s, one way counted."""
+    return _raw_rates(params, {"mibs": b"e"})
+
+
+def _write_all(fd: int, data: Union[bytes, bytearray]) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -269,15 +293,13 @@ def _read_exactly(fd: int, size: int) -> bytearray:
 
 
 def floor_memory(method: str, workers: int, params: dict[str, Any]) -> Values:
-    """RSS of this process and of a bare idle process of the same start method."""
-    processes, conns, _, _ = _start_bare(method, 1)
+    """``workers`` bare idle processes of the same start method, measured as a pool is."""
+    processes, conns, _, _ = _start_bare(method, workers)
     try:
         time.sleep(0.05)
-        child = rss_mib(processes[0].pid)
-        parent = rss_mib(os.getpid())
+        return memory_values({process.pid for process in processes})
     finally:
         _stop_bare(processes, conns)
-    return {"parent_mib": parent, "worker_mib": child}
 
 
 FLOORS: dict[str, Callable[[str, int, dict[str, Any]], Values]] = {
@@ -287,7 +309,9 @@ FLOORS: dict[str, Callable[[str, int, dict[str, Any]], Values]] = {
     "burst": floor_pipeline,
     "map1": floor_pipeline,
     "mapchunk": floor_mapchunk,
+    "mapdefault": floor_mapchunk,
     "cpu": floor_cpu,
     "payload": floor_payload,
+    "array": floor_array,
     "memory": floor_memory,
 }

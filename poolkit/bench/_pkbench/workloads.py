@@ -8,6 +8,7 @@ except for the cold start, whose whole point is the first call.
 from __future__ import annotations
 
 import gc
+import importlib
 import math
 import os
 import signal
@@ -16,8 +17,8 @@ import time
 from concurrent import futures
 from typing import Any, Callable, Optional
 
-from . import tasks
-from .adapters import PoolAdapter
+from . import procfs, tasks
+from .adapters import PoolAdapter, Unsupported
 
 Values = dict[str, Optional[float]]
 Factory = Callable[[], PoolAdapter]
@@ -133,12 +134,17 @@ def measure_mapchunk(pool: PoolAdapter, params: dict[str, Any]) -> Values:
     return {"rate": _map_rate(pool, items, auto_chunksize(items, pool.workers))}
 
 
+def measure_mapdefault(pool: PoolAdapter, params: dict[str, Any]) -> Values:
+    """``map`` of tiny tasks called as most users write it: no chunksize, the pool's default."""
+    return {"rate": _map_rate(pool, int(params["items"]), None)}
+
+
 def auto_chunksize(items: int, workers: int) -> int:
     """``multiprocessing.Pool.map``'s default: about four chunks per worker."""
     return max(1, math.ceil(items / (4 * workers)))
 
 
-def _map_rate(pool: PoolAdapter, items: int, chunksize: int) -> float:
+def _map_rate(pool: PoolAdapter, items: int, chunksize: Optional[int]) -> float:
     pool.map(tasks.ident, range(min(items, 500)), chunksize)  # warm-up
     start = time.perf_counter()
     result = pool.map(tasks.ident, range(items), chunksize)
@@ -201,29 +207,65 @@ def measure_payload(pool: PoolAdapter, params: dict[str, Any]) -> Values:
     }
 
 
+def measure_array(pool: PoolAdapter, params: dict[str, Any]) -> Values:
+    """``submit(ident, array).result()`` of a numpy float64 array: MiB/s, one way counted.
+
+    Each round trip carries the array to a worker and back; the rate counts its size once.
+    """
+    try:
+        numpy: Any = importlib.import_module("numpy")
+    except ImportError:
+        raise Unsupported("numpy is not installed (pip install numpy); no array workload") from None
+    size = int(float(params["mib"]) * (1 << 20))
+    array = numpy.arange(size // 8, dtype=numpy.float64)  # real pages, not lazily zeroed ones
+    submit, wait = pool.submit, pool.wait
+    back = wait(submit(tasks.ident, array))  # warm-up: the worker has imported numpy
+    times = []
+    for _ in range(int(params["reps"])):
+        start = time.perf_counter()
+        back = wait(submit(tasks.ident, array))
+        times.append(time.perf_counter() - start)
+    if not numpy.array_equal(back, array):
+        raise Measured("the array came back changed")
+    return {"mibs": size / (1 << 20) / statistics.median(times)}
+
+
 def measure_memory(pool: PoolAdapter, params: dict[str, Any]) -> Values:
-    """Resident memory of this (parent) process and of each idle worker."""
-    pids = until_pids(pool, pool.workers)
+    """Resident memory of this (parent) process, of each idle worker and of the helpers."""
+    workers = until_pids(pool, pool.workers)
     gc.collect()
     time.sleep(0.05)
-    workers = [rss_mib(pid) for pid in pids]
-    known = [w for w in workers if w is not None]
+    return memory_values(workers)
+
+
+def memory_values(workers: set[int]) -> Values:
+    """Memory of this process and of every process below it, alive now.
+
+    ``workers`` are the pids that ran tasks; every other process below this one is a helper
+    the pool (or ``multiprocessing`` for it) keeps alive: a fork template, a fork server, a
+    resource tracker. The totals count them all: the machine pays for each.
+    """
+    parent = os.getpid()
+    below = sorted(set(procfs.descendants(parent)) | workers)
+    rss = {pid: procfs.memory_mib(pid) for pid in [parent, *below]}
+    # A process that ended between the listing and the reading uses no memory any more.
+    tree = [parent, *(p for p in below if rss[p] is not None or procfs.read_stat(p) is not None)]
+    pss = {pid: procfs.memory_mib(pid, "Pss") for pid in tree}
+    worker_rss = [size for pid in workers if (size := rss.get(pid)) is not None]
     return {
-        "parent_mib": rss_mib(os.getpid()),
-        "worker_mib": statistics.mean(known) if known else None,
+        "parent_mib": rss[parent],
+        "worker_mib": statistics.mean(worker_rss) if worker_rss else None,
+        "helper_mib": _total(rss, [pid for pid in tree[1:] if pid not in workers]),
+        "total_mib": _total(rss, tree),
+        "total_pss_mib": _total(pss, tree),
+        "processes": float(len(tree) - 1),
     }
 
 
-def rss_mib(pid: int) -> Optional[float]:
-    """``VmRSS`` of a process, in MiB, from ``/proc/<pid>/status``; None where unavailable."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+def _total(sizes: dict[int, Optional[float]], pids: list[int]) -> Optional[float]:
+    """The sum over ``pids``; None if the size of one of them is unknown."""
+    known = [sizes[pid] for pid in pids]
+    return None if None in known else sum(size for size in known if size is not None)
 
 
 def percentile(samples: list[int], pct: float) -> float:
@@ -242,7 +284,9 @@ WARM: dict[str, Callable[[PoolAdapter, dict[str, Any]], Values]] = {
     "burst": measure_burst,
     "map1": measure_map1,
     "mapchunk": measure_mapchunk,
+    "mapdefault": measure_mapdefault,
     "cpu": measure_cpu,
     "payload": measure_payload,
+    "array": measure_array,
     "memory": measure_memory,
 }
