@@ -99,6 +99,9 @@ class Dispatcher:
         register_parent_fd(self._selector.fileno())
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
         self._wake_signalled = False
+        #: Held by the dispatcher thread except while it waits in ``select``: a caller that
+        #: takes it (never blocking) may hand a task straight to an idle worker.
+        self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         # Requests from other threads; read by the dispatcher thread after a wakeup.
         self._stop_requested = False
@@ -141,8 +144,37 @@ class Dispatcher:
 
     def submit(self, task: TaskState) -> None:
         """Queue a task (any thread)."""
-        self.pending.append(task)
-        self.wake()
+        if self.pending or not self._send_direct(task):
+            self.pending.append(task)
+            self.wake()
+
+    def _send_direct(self, task: TaskState) -> bool:
+        """From the caller's thread: write ``task`` to an idle worker now, if there is one.
+
+        Saves the dispatcher's wakeup (a pipe write, a thread switch, a GIL handover) on
+        the way out, which is most of a short task's latency. Only the plain case is
+        handled here; anything else (a queue to respect, a time limit to start, a
+        worker budget to count down) goes through the dispatcher. The lock is only tried:
+        a caller never waits for the dispatcher.
+        """
+        if task.timeout is not None or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self.pending or self._stop_requested or self._stopping:
+                return False
+            for worker in self._workers.values():
+                if not worker.assigned and worker.budget is None and worker.accepting:
+                    break
+            else:
+                return False
+            if not task.future.set_running_or_notify_cancel():
+                return True  # cancelled already: nothing to run
+            task.started = True
+            worker.progress_at = time.monotonic()
+            self._send(worker, [task])
+            return True
+        finally:
+            self._lock.release()
 
     def wake(self) -> None:
         """Make the dispatcher look at its requests and queue (any thread)."""
@@ -200,6 +232,8 @@ class Dispatcher:
     # ------------------------------------------------------------- the event loop
 
     def _run(self) -> None:
+        lock = self._lock
+        lock.acquire()
         try:
             while self._workers or not self._stopping:
                 self._handle_requests()
@@ -207,7 +241,13 @@ class Dispatcher:
                 self._maybe_begin_stop()
                 if self._stopping and not self._workers:
                     break
-                for key, mask in self._selector.select(self._select_timeout()):
+                timeout = self._select_timeout()
+                lock.release()
+                try:
+                    events = self._selector.select(timeout)
+                finally:
+                    lock.acquire()
+                for key, mask in events:
                     key.data(mask)
                 self._on_task_deadlines()
                 self._on_grace_deadline()
@@ -225,11 +265,12 @@ class Dispatcher:
             self._force_done.set()
             self._backend.close()
             self._close_fds()
+            lock.release()
 
     def _on_wakeup(self, mask: int) -> None:
         try:
-            while os.read(self._wake_r, 4096):
-                pass
+            while len(os.read(self._wake_r, 4096)) == 4096:
+                pass  # a short read emptied the pipe
         except BlockingIOError:
             pass
         # Clear the flag only after draining: a byte written after this point wakes the next
@@ -374,6 +415,12 @@ class Dispatcher:
             worker.reading = False
 
     def _on_message(self, worker: WorkerHandle, message: WorkerMessage) -> None:
+        kind = message.kind
+        if kind is MessageKind.RESULT or kind is MessageKind.ERROR:
+            assigned = worker.assigned
+            if assigned and assigned[0].task_id == message.task_id:
+                self._on_answer(worker, assigned.popleft(), message)
+                return
         if message.kind is MessageKind.READY:
             worker.ready = True
             self._startup_failures = 0
@@ -390,10 +437,15 @@ class Dispatcher:
             logger.debug("worker %d answered settled task %d", worker.pid, message.task_id)
             return
         task = worker.assigned.popleft()
-        worker.progress_at = time.monotonic()
         if message.kind is MessageKind.SKIPPED:
+            worker.progress_at = time.monotonic()
             fail(task, task.halt_error or TaskStopped("the task was stopped before it started"))
             return
+        self._on_answer(worker, task, message)
+
+    def _on_answer(self, worker: WorkerHandle, task: TaskState, message: WorkerMessage) -> None:
+        """A task's RESULT or ERROR: resolve its future."""
+        worker.progress_at = time.monotonic()
         previous = self._task_seconds
         self._task_seconds = (
             message.duration if previous is None else 0.8 * previous + 0.2 * message.duration

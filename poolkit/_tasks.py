@@ -62,6 +62,13 @@ def resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:
             error.__cause__ = exc
             fail(task, error)
             return
+        task.parts = ()
+        if task.started and not _abandoned:  # the common case, without a closure
+            try:
+                task.future.set_result(value)
+            except Exception:  # InvalidStateError: already resolved
+                logger.debug("future of task %d was already resolved", task.task_id)
+            return
         _set(task, lambda f: f.set_result(value))
     else:
         fail(task, rebuild_exception(message, f"the exception raised by {task.fn_name}()"))

@@ -26,6 +26,8 @@ from ._messages import Buffer, frame_header, parse_frame_header
 # Frames bigger than this are read straight into a buffer of their final size.
 _DIRECT_READ_THRESHOLD = 1 << 20
 _READ_CHUNK = 1 << 16
+# Frames up to this size are joined into one buffer before they are written.
+_JOIN_BELOW = 1 << 16
 # Linux lets an unprivileged process grow a pipe to 1 MiB; fewer, larger writes for payloads.
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _PIPE_SIZE = 1 << 20
@@ -106,6 +108,10 @@ class FrameReader:
                 return frames, True
             self._buffer += chunk
             self._split(frames)
+            if len(chunk) < _READ_CHUNK and self._body is None:
+                # A short read emptied the pipe: skip the read that would only say so. The
+                # selector is level-triggered, so later data (or end-of-file) wakes us again.
+                return frames, False
 
     def _split(self, frames: list[Buffer]) -> None:
         buf = self._buffer
@@ -129,6 +135,52 @@ class FrameReader:
             return
 
 
+class BlockingFrameSource:
+    """The worker's side of its inbox: whole frames from a blocking pipe, few system calls.
+
+    ``Connection.recv_bytes`` reads a frame's length and then its body: two reads for
+    every batch of tasks. This reads whatever has arrived (up to 64 KiB) in one call and
+    keeps the rest for the next frame.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = bytearray()
+
+    def next_frame(self) -> Buffer:
+        """The next frame's body; raises EOFError at end-of-file."""
+        buf = self._buffer
+        while True:
+            parsed = parse_frame_header(buf)
+            if parsed is not None:
+                header_size, body_size = parsed
+                end = header_size + body_size
+                if len(buf) >= end:
+                    body = bytes(buf[header_size:end])
+                    del buf[:end]
+                    return body
+                if body_size >= _DIRECT_READ_THRESHOLD:
+                    return self._read_large(header_size, body_size)
+            chunk = os.read(self.fd, _READ_CHUNK)
+            if not chunk:
+                raise EOFError
+            buf += chunk
+
+    def _read_large(self, header_size: int, body_size: int) -> Buffer:
+        # Read the rest of a large frame in place instead of growing the buffer.
+        body = bytearray(body_size)
+        have = len(self._buffer) - header_size
+        body[:have] = self._buffer[header_size:]
+        self._buffer.clear()
+        view = memoryview(body)
+        while have < body_size:
+            count = os.readv(self.fd, [view[have:]])
+            if count == 0:
+                raise EOFError
+            have += count
+        return body
+
+
 class FrameWriter:
     """Queues frames for a non-blocking pipe and writes as much as the pipe accepts."""
 
@@ -142,8 +194,16 @@ class FrameWriter:
         return bool(self._parts)
 
     def queue_frame(self, parts: list[bytes]) -> None:
-        """Queue one frame made of ``parts`` (joined on the wire, never in memory)."""
-        size = sum(len(p) for p in parts)
+        """Queue one frame made of ``parts``.
+
+        A small frame is joined into one buffer (copying a few KiB costs less than handing
+        the kernel hundreds of pieces); a large one is written piece by piece, never copied.
+        """
+        size = sum(map(len, parts))
+        if size <= _JOIN_BELOW:
+            parts.insert(0, frame_header(size))
+            self._parts.append(memoryview(b"".join(parts)))
+            return
         self._parts.append(memoryview(frame_header(size)))
         self._parts.extend(memoryview(p) for p in parts if len(p))
 

@@ -33,7 +33,7 @@ from ._messages import (
     decode_batch,
     encode_message,
 )
-from ._transport import close_inherited_parent_fds
+from ._transport import BlockingFrameSource, close_inherited_parent_fds
 
 #: Exit code of a worker that stopped because its parent went away mid-task.
 EXIT_PARENT_GONE = 70
@@ -98,9 +98,10 @@ def _serve(
     max_memory: Optional[int],
 ) -> None:
     functions: dict[bytes, Callable[..., Any]] = {}
+    frames = BlockingFrameSource(inbox.fileno())
     while True:
         try:
-            frame = inbox.recv_bytes()
+            frame = frames.next_frame()
         except EOFError:
             return
         for record in decode_batch(frame):
