@@ -3,9 +3,11 @@
     python benchmarks/run.py                 # writes docs/benchmarks.md, .json and .png
     python benchmarks/run.py --quick --out /tmp/bench.md
     python benchmarks/run.py --compare docs/benchmarks.json   # flag >20% regressions
+    python benchmarks/run.py --quick --workloads mapdefault,array,memory --out /tmp/b.md
 
 Every number comes from ``poolkit.bench`` (a fresh process per measurement, implementations
-interleaved, medians over repetitions); the document names the machine and the command.
+interleaved, medians over repetitions); the document names the machine and the command, and
+checks poolkit's targets against the run's own numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import sys
 from typing import Optional
 
 import poolkit.bench
-from poolkit.bench import BenchResult
+from poolkit.bench import BenchResult, _goals
+from poolkit.bench._goals import Check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -48,16 +51,41 @@ How the numbers are taken (`poolkit.bench`):
 Floors: *cold start* and *respawn* use bare `multiprocessing.Process` objects of the same start
 method; *latency* uses a `multiprocessing` Connection echoing a pickled tuple (and, in its own
 rows, 8 bytes over two raw `os.pipe`s); *submit burst* and *map chunksize 1* stream pickled tuples
-through a Connection; *map in large chunks* is a serial in-process `map`; *CPU scaling* is the
-ideal (one per worker); *payload* is a raw pipe; *memory* is a bare idle process.
+through a Connection; *map in large chunks* and *map with default arguments* are a serial
+in-process `map`; *CPU scaling* is the ideal (one per worker); *payload* is a raw pipe; the
+*numpy array round trip* sends the array's bytes to a forked child and back over raw pipes;
+*memory* is as many bare idle processes as the pool has workers.
+*Map with default arguments* calls each pool's `map` without a chunksize: the header of the
+results names each pool's default. *Memory* counts every process below the measuring one once
+the pool is idle: the parent, the workers, and the helpers kept alive for the pool (poolkit's
+fork template, `multiprocessing`'s fork server and resource tracker); RSS counts the pages
+forked processes share in each of them, PSS splits them between the sharers.
 Peers that cannot survive a worker's death report `n/a` for respawn; loky does not support
 `fork`. Reproduce with `python -m poolkit bench` for the short start-method comparison.
 """
 
 
-def write_doc(result: BenchResult, command: str, path: str, chart: Optional[str]) -> None:
-    """Write the Markdown page."""
+TARGETS = """\
+## Targets
+
+Each target is a ratio of two medians of this run under the same start method: poolkit's
+number over the reference's (stdlib PPE, mp.Pool, the best peer of the run, or the floor).
+For times and sizes the ratio must be at most the bound, for rates and speed-ups at least.
+PASS and MISS are computed from the results below (`poolkit/bench/_goals.py`); nothing is
+carried over from another run.
+"""
+QUICK_NOTE = "\nThis was a `--quick` run: small sizes, one round; the ratios are indicative only.\n"
+
+
+def write_doc(
+    result: BenchResult, checks: list[Check], command: str, path: str, chart: Optional[str]
+) -> None:
+    """Write the Markdown page: how it was measured, the targets, the results."""
     parts = [INTRO.format(command=command)]
+    if checks:
+        parts += [TARGETS, _goals.render_markdown(result, checks)]
+        if result.quick:
+            parts.append(QUICK_NOTE)
     if chart:
         parts.append(f"![poolkit and peers by start method]({os.path.basename(chart)})\n")
     parts.append("## Results\n")
@@ -66,16 +94,45 @@ def write_doc(result: BenchResult, command: str, path: str, chart: Optional[str]
         out.write("\n".join(parts))
 
 
-def compare(result: BenchResult, saved_path: str) -> list[str]:
-    """poolkit's numbers that are more than 20% worse than in a saved result."""
-    with open(saved_path) as saved_file:
-        saved = BenchResult.from_dict(json.load(saved_file))
-    regressions = []
+def write_json(result: BenchResult, checks: list[Check], path: str) -> None:
+    """The result as ``BenchResult.to_dict`` gives it, with the targets' checks added."""
+    data = result.to_dict()
+    data["targets"] = [found.to_dict() for found in checks]
+    with open(path, "w") as out:
+        json.dump(data, out, indent=1)
+        out.write("\n")
+
+
+def load_saved(path: str, quick: bool, workers: Optional[int]) -> BenchResult:
+    """The result to compare against; exits with a message if it cannot be compared."""
+    try:
+        with open(path) as saved_file:
+            saved = BenchResult.from_dict(json.load(saved_file))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"--compare: cannot read {path}: {exc}")
+    if saved.quick != quick:
+        sys.exit(
+            f"--compare: {path} is {'a' if saved.quick else 'not a'} --quick run and this one "
+            f"is {'' if quick else 'not '}: their sizes differ"
+        )
+    if workers is not None and saved.workers != workers:
+        sys.exit(f"--compare: {path} ran {saved.workers} workers, this run {workers}")
+    return saved
+
+
+def compare(result: BenchResult, saved: BenchResult) -> tuple[list[str], list[str]]:
+    """poolkit's numbers more than 20% worse than in ``saved``; and those it could not compare."""
+    regressions, unmatched = [], []
     for workload, metric in result.metrics():
+        if not metric.compared:
+            continue
         for method in result.methods:
             now = result.value(workload.name, metric.key, method)
             before = saved.value(workload.name, metric.key, method)
-            if now is None or not before:
+            if now is None:
+                continue
+            if not before:
+                unmatched.append(f"{result.label(workload, metric)} [{method}]")
                 continue
             change = now / before - 1
             worse = -change if metric.higher_is_better else change
@@ -84,7 +141,7 @@ def compare(result: BenchResult, saved_path: str) -> list[str]:
                     f"{result.label(workload, metric)} [{method}]: {before:.4g} -> {now:.4g} "
                     f"{metric.unit} ({worse:+.0%} worse)"
                 )
-    return regressions
+    return regressions, unmatched
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -95,12 +152,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workers", type=int, help="pool size (default: usable CPUs)")
     parser.add_argument("--methods", help="start methods (default: all)")
     parser.add_argument("--against", default="all", help="peers (default: all installed)")
+    parser.add_argument("--workloads", help="a subset of the workloads (default: all)")
     parser.add_argument("--out", default=os.path.join(DOCS, "benchmarks.md"))
     parser.add_argument("--json", default=None, help="default: next to --out, .json")
     parser.add_argument("--png", default=None, help="default: next to --out, .png")
     parser.add_argument("--compare", metavar="SAVED.json", help="flag >20%% regressions")
     options = parser.parse_args(argv)
     command = "python benchmarks/run.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
+    saved = load_saved(options.compare, options.quick, options.workers) if options.compare else None
     result = poolkit.bench.run(
         methods=options.methods,
         workers=options.workers,
@@ -108,15 +167,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         quick=options.quick,
         against=options.against,
         floors=True,
+        workloads=options.workloads,
         progress=True,
     )
+    checks = _goals.evaluate(result)
     print(result)
+    if checks:
+        print("\n" + _goals.render_text(result, checks), end="")
     os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
     stem = os.path.splitext(options.out)[0]
     json_path = options.json or stem + ".json"
     png_path: Optional[str] = options.png or stem + ".png"
-    regressions = compare(result, options.compare) if options.compare else []
-    result.to_json(json_path)
+    regressions, unmatched = compare(result, saved) if saved else ([], [])
+    write_json(result, checks, json_path)
     try:
         from poolkit.bench._plot import PlotUnavailable, plot
 
@@ -125,8 +188,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except PlotUnavailable as exc:
         print(f"no chart: {exc}", file=sys.stderr)
         png_path = None
-    write_doc(result, command, options.out, png_path)
+    write_doc(result, checks, command, options.out, png_path)
     print(f"wrote {options.out}, {json_path}" + (f", {png_path}" if png_path else ""))
+    if unmatched:
+        print(f"not in {options.compare}, not compared: {'; '.join(unmatched)}")
     for line in regressions:
         print(f"REGRESSION: {line}")
     return 1 if regressions else 0

@@ -5,18 +5,24 @@ Fast runs only (``--quick``, one start method, a few workloads); no test asserts
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
 import poolkit.bench
 from poolkit.__main__ import main
-from poolkit.bench import BenchResult
+from poolkit.bench import BenchResult, _goals, _plot
+from poolkit.bench._launch import launch
 from poolkit.bench._orchestrate import resolve_peers
+from poolkit.bench._pkbench.catalog import WORKLOADS
+from poolkit.bench._result import Cell
 from poolkit.bench._stats import format_value, summarize
 from poolkit.bench._target import default_chunksizes, normalize_args
 
@@ -77,6 +83,13 @@ def test_quick_run_writes_table_json_and_markdown(
     medians = {row["metric"]: row["median"] for row in data["rows"]}
     assert medians["median_us"] > 0 and medians["worker_mib"] > 0
     assert "| latency submit(noop).result(), median |" in out_md.read_text()
+    # The memory total is the parent, every worker and every helper process, nothing else.
+    workers = data["config"]["workers"]
+    assert medians["processes"] >= workers
+    assert medians["total_mib"] == pytest.approx(
+        medians["parent_mib"] + workers * medians["worker_mib"] + medians["helper_mib"]
+    )
+    assert 0 < medians["total_pss_mib"] <= medians["total_mib"]
 
 
 def test_api_result_object_rows_html_and_round_trip() -> None:
@@ -217,3 +230,248 @@ def test_command_line_demo_and_unknown_command() -> None:
     assert done.returncode == 0, done.stderr
     assert "map(square, range(8)) = [0, 1, 4, 9" in done.stdout
     assert main(["frobnicate"]) == 2
+
+
+# ---------------------------------------------------------------- the workloads of the targets
+
+
+def measure(workload: str, impl: str, **params: Any) -> dict[str, Any]:
+    """One measurement in a fresh runner process, with small parameters."""
+    spec = {
+        "kind": "workload",
+        "workload": workload,
+        "impl": impl,
+        "method": FAST,
+        "workers": 2,
+        "params": params,
+    }
+    outcome = launch(spec, 60)
+    assert outcome.ok, (outcome.error, outcome.stderr[-2000:])
+    return outcome.data
+
+
+@pytest.mark.parametrize("impl", ["poolkit", "stdlib", "mppool"])
+def test_map_with_each_pools_default_arguments(impl: str) -> None:
+    values = measure("mapdefault", impl, items=300)["values"]
+    assert values["rate"] > 0
+
+
+def test_array_round_trip_and_its_floor() -> None:
+    pytest.importorskip("numpy")
+    assert measure("array", "poolkit", mib=1, reps=2)["values"]["mibs"] > 0
+    assert measure("array", "floor", mib=1, reps=2)["values"]["mibs"] > 0
+
+
+def test_array_without_numpy_is_skipped_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A numpy that cannot be imported, first on the runner's path.
+    (tmp_path / "numpy.py").write_text("raise ImportError('no numpy in this test')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = poolkit.bench.run(quick=True, methods=FAST, workloads="array")
+    cell = result.cell("array", "mibs", FAST)
+    assert cell.stat is None and "numpy is not installed" in cell.note
+    assert "numpy is not installed" in result.to_text() and not result.problems
+
+
+def test_memory_floor_counts_bare_processes_like_a_pool() -> None:
+    values = measure("memory", "floor")["values"]
+    assert values["processes"] >= 2 and values["worker_mib"] > 0
+    assert values["total_mib"] == pytest.approx(
+        values["parent_mib"] + 2 * values["worker_mib"] + values["helper_mib"]
+    )
+
+
+# ---------------------------------------------------------------- targets, from given numbers
+
+ORDER = [w.name for w in WORKLOADS]
+
+
+def synthetic(
+    values: dict[tuple[str, str, str, str], float],
+    methods: tuple[str, ...] = ("fork", "spawn"),
+    impls: tuple[str, ...] = ("poolkit", "stdlib", "mppool", "loky", "floor"),
+    quick: bool = False,
+) -> BenchResult:
+    """A result holding exactly these medians: (workload, metric, method, impl) -> value."""
+    names = {key[0] for key in values}
+    result = BenchResult(
+        machine={}, methods=list(methods), impls=list(impls),
+        workloads=[name for name in ORDER if name in names],
+        workers=2, repeat=1, quick=quick,
+    )  # fmt: skip
+    for key, value in values.items():
+        result.cells[key] = Cell(summarize([value]))
+    return result
+
+
+def verdicts(result: BenchResult) -> dict[tuple[str, str, str, str], tuple[str, str]]:
+    """(workload, metric, against, method) -> (verdict, reference) for every target."""
+    return {
+        (c.goal.workload, c.goal.metric, c.goal.against, c.method): (c.verdict, c.reference)
+        for c in _goals.evaluate(result)
+    }
+
+
+def test_targets_pass_and_miss_from_the_runs_own_numbers() -> None:
+    result = synthetic({
+        # latency (lower is better): 100/400 = 0.25 <= 0.3; best peer mp.Pool 150: 0.67 > 0.5
+        ("latency", "median_us", "fork", "poolkit"): 100.0,
+        ("latency", "median_us", "fork", "stdlib"): 400.0,
+        ("latency", "median_us", "fork", "mppool"): 150.0,
+        ("latency", "median_us", "fork", "floor"): 10.0,  # the floor is not a peer
+        # burst (higher is better): exactly 8x stdlib passes; best peer 50k: 1.6x < 2x
+        ("burst", "rate", "fork", "poolkit"): 80000.0,
+        ("burst", "rate", "fork", "stdlib"): 10000.0,
+        ("burst", "rate", "fork", "mppool"): 50000.0,
+        # default-arguments map against mp.Pool's: 0.79x misses 0.8x
+        ("mapdefault", "rate", "fork", "poolkit"): 790.0,
+        ("mapdefault", "rate", "fork", "mppool"): 1000.0,
+        # cold start against the floor: 1.3x passes; all workers ready 1.31x stdlib misses
+        ("cold", "first_ms", "fork", "poolkit"): 13.0,
+        ("cold", "first_ms", "fork", "floor"): 10.0,
+        ("cold", "ready_ms", "fork", "poolkit"): 13.1,
+        ("cold", "ready_ms", "fork", "stdlib"): 10.0,
+        # memory total: 1.2x stdlib misses 1.1x
+        ("memory", "total_mib", "fork", "poolkit"): 60.0,
+        ("memory", "total_mib", "fork", "stdlib"): 50.0,
+    })  # fmt: skip
+    found = verdicts(result)
+    best = _goals.BEST_PEER
+    assert found["latency", "median_us", "stdlib", "fork"] == ("PASS", "stdlib")
+    assert found["latency", "median_us", best, "fork"] == ("MISS", "mppool")
+    assert found["burst", "rate", "stdlib", "fork"] == ("PASS", "stdlib")
+    assert found["burst", "rate", best, "fork"] == ("MISS", "mppool")
+    assert found["mapdefault", "rate", "mppool", "fork"] == ("MISS", "mppool")
+    assert found["cold", "first_ms", "floor", "fork"] == ("PASS", "floor")
+    assert found["cold", "ready_ms", "stdlib", "fork"] == ("MISS", "stdlib")
+    assert found["memory", "total_mib", "stdlib", "fork"] == ("MISS", "stdlib")
+    # Nothing measured under spawn: every target there is n/a, none passes or misses.
+    assert {v for (_, _, _, m), (v, _) in found.items() if m == "spawn"} == {"n/a"}
+    # Only the targets of the workloads the run measured are listed.
+    assert {key[0] for key in found} == {"latency", "burst", "mapdefault", "cold", "memory"}
+    summary = _goals.summary(result, _goals.evaluate(result))
+    assert summary.startswith("targets met: 3 of 16 (fork 3/8, spawn 0/8)")
+    assert "8 could not be computed" in summary
+
+
+def test_targets_best_peer_and_missing_references() -> None:
+    result = synthetic(
+        {
+            ("burst", "rate", "fork", "poolkit"): 30000.0,
+            ("burst", "rate", "fork", "stdlib"): 10000.0,
+            ("burst", "rate", "fork", "loky"): 14000.0,  # the best peer: 30k/14k = 2.14x
+            ("respawn", "respawn_ms", "fork", "poolkit"): 9.0,
+            ("cpu", "speedup", "fork", "poolkit"): 1.9,
+        },
+        methods=("fork",),
+        impls=("poolkit", "stdlib", "loky", "dask"),  # no floor; dask is poolkit, not a peer
+    )
+    result.cells["cpu", "speedup", "fork", "stdlib"] = Cell(note="the pool hung")
+    checks = {(c.goal.workload, c.goal.against): c for c in _goals.evaluate(result)}
+    best = checks["burst", _goals.BEST_PEER]
+    assert (best.verdict, best.reference) == ("PASS", "loky")
+    assert best.ratio == pytest.approx(30000 / 14000)
+    assert _goals.cell_text(best) == "2.14x PASS (vs loky)"
+    respawn = checks["respawn", "floor"]
+    assert respawn.verdict == "n/a" and respawn.note == "floor not measured"
+    cpu = checks["cpu", "stdlib"]
+    assert cpu.verdict == "n/a" and cpu.note == "stdlib PPE: the pool hung"
+    assert _goals.cell_text(cpu) == "n/a (stdlib PPE: the pool hung)"
+
+
+def test_target_ratio_shows_enough_digits_for_its_verdict() -> None:
+    result = synthetic(
+        {
+            ("latency", "median_us", "fork", "poolkit"): 120.16,
+            ("latency", "median_us", "fork", "stdlib"): 400.0,  # 0.3004: just over 0.3
+        },
+        methods=("fork",),
+        impls=("poolkit", "stdlib"),
+    )
+    (check, best) = _goals.evaluate(result)
+    assert check.verdict == "MISS" and _goals.cell_text(check) == "0.3004x MISS"
+    # Against the best peer's 0.5 bound, two digits leave no doubt.
+    assert _goals.cell_text(best) == "0.30x PASS (vs stdlib PPE)"
+    text = _goals.render_markdown(result, [check, best])
+    assert "| latency submit(noop).result(), median | <= 0.3x stdlib PPE | 0.3004x MISS |" in text
+    assert "**0.30x PASS (vs stdlib PPE)**" in text
+    assert "<= 0.5x best peer" in _goals.render_text(result, [check, best])
+    assert best.to_dict()["direction"] == "<=" and best.to_dict()["reference"] == "stdlib"
+
+
+# ---------------------------------------------------------------- benchmarks/run.py
+
+
+@pytest.fixture(scope="module")
+def suite() -> ModuleType:
+    """``benchmarks/run.py``, imported as a module."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_run", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_flags_slowdowns_of_new_workloads(suite: ModuleType) -> None:
+    before = synthetic({
+        ("mapdefault", "rate", "fork", "poolkit"): 1000.0,
+        ("array", "mibs", "fork", "poolkit"): 400.0,
+        ("memory", "total_mib", "fork", "poolkit"): 50.0,
+        ("mapauto", "tiny_best_chunksize", "fork", "poolkit"): 4096.0,
+    }, methods=("fork",))  # fmt: skip
+    now = synthetic({
+        ("mapdefault", "rate", "fork", "poolkit"): 790.0,  # 21% slower: flagged
+        ("array", "mibs", "fork", "poolkit"): 330.0,  # 17.5% slower: within the noise allowed
+        ("memory", "total_mib", "fork", "poolkit"): 61.0,  # 22% larger: flagged
+        ("mapauto", "tiny_best_chunksize", "fork", "poolkit"): 64.0,  # describes, not a speed
+        ("cpu", "speedup", "fork", "poolkit"): 1.9,  # not in the saved result
+    }, methods=("fork",))  # fmt: skip
+    regressions, unmatched = suite.compare(now, before)
+    assert len(regressions) == 2
+    assert regressions[0].startswith("map 200,000 tiny tasks, each pool's default arguments [fork]")
+    assert "(+21% worse)" in regressions[0]
+    assert regressions[1].startswith("memory: parent + workers + helpers, total RSS [fork]")
+    assert unmatched == ["CPU scaling, 64 x 20 ms pure-Python tasks [fork]"]
+
+
+def test_suite_writes_targets_and_exits_non_zero_on_a_regression(
+    suite: ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    values = {
+        ("burst", "rate", "fork", "poolkit"): 40000.0,
+        ("burst", "rate", "fork", "stdlib"): 4000.0,
+        ("array", "mibs", "fork", "poolkit"): 300.0,
+        ("array", "mibs", "fork", "stdlib"): 100.0,
+    }
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(synthetic(values, methods=("fork",)).to_dict()))
+    values["burst", "rate", "fork", "poolkit"] = 20000.0  # half the saved rate
+    monkeypatch.setattr(poolkit.bench, "run", lambda **_: synthetic(values, methods=("fork",)))
+
+    def no_chart(*_: Any) -> None:  # matplotlib or not: the chart is not this test's subject
+        raise _plot.PlotUnavailable("no chart in this test")
+
+    monkeypatch.setattr(_plot, "plot", no_chart)
+    out = tmp_path / "bench.md"
+    assert suite.main(["--compare", str(saved), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "no chart in this test" in captured.err
+    assert "REGRESSION: submit burst, 20,000 no-ops waited together [fork]" in printed
+    assert "targets met: 1 of 3 (fork 1/3)" in printed
+    doc = out.read_text()
+    assert "## Targets" in doc and doc.index("## Targets") < doc.index("## Results")
+    assert "| submit burst, 20,000 no-ops waited together | >= 8x stdlib PPE | **5.00x" not in doc
+    assert "| submit burst, 20,000 no-ops waited together | >= 8x stdlib PPE | 5.00x MISS |" in doc
+    assert "| 32 MiB numpy float64 array round trip" in doc and "3.00x MISS" in doc
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert {row["verdict"] for row in data["targets"]} == {"PASS", "MISS"}
+    # A saved --quick result is not compared with a full run: its sizes differ.
+    saved.write_text(json.dumps(synthetic(values, methods=("fork",), quick=True).to_dict()))
+    with pytest.raises(SystemExit, match="sizes differ"):
+        suite.main(["--compare", str(saved), "--out", str(out)])
