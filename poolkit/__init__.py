@@ -8,16 +8,50 @@
 
 from __future__ import annotations
 
-from ._backends import default_start_method, start_methods
-from ._errors import (
-    BrokenProcessPool,
-    DeserializationError,
-    RemoteTraceback,
-    TaskStopped,
-    TaskTimeoutError,
-    WorkerCrashedError,
-)
-from ._executor import Executor
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._backends import default_start_method, start_methods
+    from ._errors import (
+        BrokenProcessPool,
+        DeserializationError,
+        RemoteTraceback,
+        TaskStopped,
+        TaskTimeoutError,
+        WorkerCrashedError,
+    )
+    from ._executor import Executor
+
+# Names are imported on first use (PEP 562). A worker process imports ``poolkit._worker``,
+# which imports this package first: eager imports here would load the whole parent side
+# (executor, dispatcher, backends, map) into every worker, costing start-up time and memory.
+_LAZY = {
+    "Executor": "._executor",
+    "default_start_method": "._backends",
+    "start_methods": "._backends",
+    "BrokenProcessPool": "._errors",
+    "DeserializationError": "._errors",
+    "RemoteTraceback": "._errors",
+    "TaskStopped": "._errors",
+    "TaskTimeoutError": "._errors",
+    "WorkerCrashedError": "._errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poolkit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __version__ = "0.1.0"
 

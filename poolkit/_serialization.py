@@ -10,11 +10,10 @@ never pays for cloudpickle's Python-level reducer hooks.
 from __future__ import annotations
 
 import pickle
+import sys
 import traceback
 import types
 from typing import Any, Callable
-
-import cloudpickle
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _MAIN_MARKER = b"__main__"
@@ -22,9 +21,10 @@ _MAIN_MARKER = b"__main__"
 
 def _pickle_by_value_modules_registered() -> bool:
     # cloudpickle.register_pickle_by_value() asks for whole modules to travel by value;
-    # the C pickler would ship them by reference, so honour the registration.
-    registry = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
-    return bool(registry)
+    # the C pickler would ship them by reference, so honour the registration. (Nothing is
+    # registered while cloudpickle has not even been imported.)
+    module = sys.modules.get("cloudpickle.cloudpickle")
+    return bool(getattr(module, "_PICKLE_BY_VALUE_MODULES", None))
 
 
 def dumps(obj: Any) -> bytes:
@@ -37,6 +37,10 @@ def dumps(obj: Any) -> bytes:
         else:
             if _MAIN_MARKER not in data:
                 return data
+    # Imported on first need: plain data and module-level functions never need it, and a
+    # worker that never pickles by value saves the import time and memory.
+    import cloudpickle
+
     by_value: bytes = cloudpickle.dumps(obj, PROTOCOL)
     return by_value
 

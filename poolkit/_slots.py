@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import tempfile
 from multiprocessing import reduction
 from typing import Any, Optional
 
@@ -94,6 +93,8 @@ def _anonymous_file(size: int) -> int:
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("poolkit-slot", os.MFD_CLOEXEC)
     else:  # pragma: no cover - non-Linux
+        import tempfile
+
         with tempfile.TemporaryFile() as tmp:
             fd = os.dup(tmp.fileno())
     os.ftruncate(fd, size)

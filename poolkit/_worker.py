@@ -23,7 +23,6 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, NamedTuple, Optional
 
 from . import _serialization as serialization
-from ._errors import DeserializationError
 from ._main_namespace import adopt_main_functions
 from ._messages import (
     ChunkOutcome,
@@ -142,6 +141,8 @@ def _run(record: TaskRecord, functions: dict[bytes, Callable[..., Any]]) -> byte
         fn = _load_function(record.fn_blob, functions)
         arguments = serialization.loads(record.args_blob)
     except BaseException as exc:
+        from ._errors import DeserializationError  # rare: not imported by every worker
+
         error = DeserializationError(
             f"the task could not be unpickled in worker {os.getpid()}: {type(exc).__name__}: {exc}"
         )
