@@ -136,6 +136,10 @@ def encode_task(
     return (header, fn_blob, args_blob)
 
 
+#: A batch of no tasks: the worker exits, as at end-of-file.
+STOP_BATCH = BATCH_HEADER.pack(0)
+
+
 def batch_prefix(count: int) -> bytes:
     """The bytes that open a batch of ``count`` task records."""
     return BATCH_HEADER.pack(count)

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Optional
 
-from ._messages import Buffer, frame_header, parse_frame_header
+from ._messages import STOP_BATCH, Buffer, frame_header, parse_frame_header
 
 # Frames bigger than this are read straight into a buffer of their final size.
 _DIRECT_READ_THRESHOLD = 1 << 20
@@ -267,9 +267,20 @@ class WorkerChannel:
         self.worker_inbox = self.worker_outbox = None
 
     def close_inbox(self) -> None:
-        """Close the parent's end of the inbox: the worker reads end-of-file and exits."""
+        """Close the parent's end of the inbox: the worker reads end-of-file and exits.
+
+        An empty batch goes first, and the worker exits on it too. End-of-file alone is not
+        enough under ``fork``: any other process forked from the parent meanwhile (another
+        pool's worker, a ``multiprocessing.Process``) inherited a copy of this end, and the
+        worker would wait for that process to end before it saw end-of-file.
+        """
         if self.writer is None:
             return
+        if not self.writer.pending:
+            try:
+                os.write(self.writer.fd, frame_header(len(STOP_BATCH)) + STOP_BATCH)
+            except OSError:
+                pass  # full or gone: end-of-file (or the worker's death) ends it anyway
         self.writer.discard()
         self.writer = None
         unregister_parent_fd(self._inbox.fileno())

@@ -103,7 +103,10 @@ def _serve(
             frame = frames.next_frame()
         except EOFError:
             return
-        for record in decode_batch(frame):
+        records = decode_batch(frame)
+        if not records:
+            return  # the parent's stop signal (see WorkerChannel.close_inbox)
+        for record in records:
             with state.lock:
                 if state.parent_gone:
                     return

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import logging
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import signal
 from concurrent import futures
@@ -137,3 +140,29 @@ def test_futures_wait_across_a_crash(start_method: str) -> None:
         done, not_done = futures.wait(fs, timeout=60)
         assert not not_done
         assert sum(1 for f in done if f.exception() is not None) == 1
+
+
+def _hold_until_told(release: multiprocessing.synchronize.Event) -> None:
+    release.wait(60)
+
+
+def test_shutdown_is_not_held_up_by_processes_forked_later(
+    start_method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A process forked from the parent after the pool started (here a plain fork-context
+    # Process) inherits the parent's ends of the workers' inboxes. Shutdown must not wait
+    # for that process: the workers are told to stop, not left waiting for end-of-file.
+    ex = Executor(max_workers=2, start_method=start_method)
+    pids = {f.result() for f in [ex.submit(tasks.getpid) for _ in range(10)]}
+    context = multiprocessing.get_context("fork")
+    release = context.Event()
+    bystander = context.Process(target=_hold_until_told, args=(release,))
+    bystander.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="poolkit"):
+            ex.shutdown(wait=True)
+        assert not [pid for pid in pids if _alive(pid)]
+        assert "did not exit in time" not in caplog.text
+    finally:
+        release.set()
+        bystander.join()
