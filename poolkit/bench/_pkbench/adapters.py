@@ -91,7 +91,9 @@ class AsyncResultAdapter(PoolAdapter):
 
 class PoolkitAdapter(FuturesAdapter):
     impl = "poolkit"
-    modules = ("poolkit",)
+    # poolkit.Executor loads on first use: import it before any clock starts, as the
+    # stdlib adapter imports concurrent.futures.process.
+    modules = ("poolkit", "poolkit._executor")
 
     def __init__(self, method: str, workers: int) -> None:
         super().__init__(method, workers)
