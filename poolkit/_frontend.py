@@ -190,16 +190,18 @@ class TaskFrontend(futures.Executor):
                 3.11+, a note) gives the item's index, and its ``__cause__`` the worker's
                 traceback.
         """
+        single = len(iterables) == 1
         return _map.start_map(
             self,
             fn,
-            zip(*iterables),
+            iter(iterables[0]) if single else zip(*iterables),
             _map.common_length(iterables),
             timeout=timeout,
             chunksize=chunksize,
             buffersize=buffersize,
             ordered=ordered,
             progress=progress,
+            star=not single,
         )
 
     def starmap(

@@ -103,8 +103,13 @@ def start_map(
     buffersize: BuffersizeArg,
     ordered: bool,
     progress: ProgressArg,
+    star: bool = True,
 ) -> Iterator[Any]:
-    """Validate, submit the first chunks, and return the results iterator (see map)."""
+    """Validate, submit the first chunks, and return the results iterator (see map).
+
+    ``items`` are argument tuples (``fn(*item)``), or single arguments (``fn(item)``) if
+    ``star`` is False.
+    """
     if not callable(fn):
         raise TypeError(f"{fn!r} is not callable")
     if chunksize is not DEFAULT and chunksize != "auto":
@@ -152,7 +157,7 @@ def start_map(
         assert isinstance(chunksize, int)
         sizer = FixedChunks(chunksize)
 
-    run = _MapRun(executor, fn, items, total, sizer, buffersize, ordered, end_time)
+    run = _MapRun(executor, fn, items, total, sizer, buffersize, ordered, end_time, star)
     run.finish_at_shutdown = finish_at_shutdown
     run.fill()
     if run.stop_error is not None:  # shut down or broken during the call
@@ -181,9 +186,10 @@ class _Chunk:
 class _ChunkSubmitter:
     """Submits map chunks; the function is pickled once for the whole map."""
 
-    def __init__(self, executor: Executor, fn: Callable[..., Any]) -> None:
+    def __init__(self, executor: Executor, fn: Callable[..., Any], kind: TaskKind) -> None:
         # A weak reference: an abandoned map iterator must not keep the executor alive.
         self._executor_ref = weakref.ref(executor)
+        self._kind = kind
         self.fn_name = serialization.callable_name(fn)
         self._fn_blob: Optional[bytes] = None
         self._fn_error: Optional[BaseException] = None
@@ -216,7 +222,7 @@ class _ChunkSubmitter:
         assert self._fn_blob is not None
         future: Future[Any] = Future()
         task_id = next(executor._task_ids)
-        parts = encode_task(task_id, TaskKind.CHUNK, self._fn_blob, args_blob)
+        parts = encode_task(task_id, self._kind, self._fn_blob, args_blob)
         task = TaskState(task_id, future, parts, self.fn_name)
         # Per-task time limits are per item: a chunk of n items may run n times as long.
         if hasattr(task, "items"):
@@ -268,8 +274,9 @@ class _MapRun:
         buffersize: Optional[int],
         ordered: bool,
         end_time: Optional[float],
+        star: bool,
     ) -> None:
-        self.submit = _ChunkSubmitter(executor, fn)
+        self.submit = _ChunkSubmitter(executor, fn, TaskKind.CHUNK if star else TaskKind.ITEMS)
         self.items: Optional[Iterator[Any]] = items
         self.total = total
         self.sizer = sizer
@@ -468,10 +475,11 @@ def _results(
                 run.fill()  # keep the workers busy while the caller handles these results
             if callback is not None and values:
                 callback(len(values))
-            # Pop as we go: no reference to a result is kept once it has been yielded.
+            # Pop as we go: no reference to a result is kept once it has been yielded. The
+            # popping runs in C (map over list.pop): a Python loop here cost more per item
+            # than the whole trip through the worker for tiny tasks.
             values.reverse()
-            while values:
-                yield values.pop()
+            yield from map(values.pop, itertools.repeat(-1, len(values)))
             if error is not None:
                 raise error
     finally:

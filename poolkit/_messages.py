@@ -30,6 +30,9 @@ class TaskKind(enum.IntEnum):
     #: args blob is a list of argument tuples: call ``fn(*a)`` for each, in order, and return
     #: a :class:`ChunkOutcome` (the results, and the first failure if an item raised).
     CHUNK = 2
+    #: like CHUNK, but the list holds single arguments: call ``fn(a)`` for each. What
+    #: ``map`` over one iterable sends: no 1-tuple per item to build, pickle and unpickle.
+    ITEMS = 3
 
 
 class MessageKind(enum.IntEnum):

@@ -12,6 +12,7 @@ hang-up of the inbox (or that it was re-parented) and exits the process.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import select
@@ -156,7 +157,8 @@ def _run(record: TaskRecord, functions: dict[bytes, Callable[..., Any]]) -> byte
             args, kwargs = arguments
             value = fn(*args, **kwargs)
         else:
-            value = _run_chunk(fn, arguments, started)
+            star = record.kind is TaskKind.CHUNK
+            value = _run_chunk(fn, arguments, started, star)
     except BaseException as exc:
         return _describe_failure(
             MessageKind.ERROR, record.task_id, exc, time.perf_counter() - started
@@ -174,22 +176,26 @@ def _run(record: TaskRecord, functions: dict[bytes, Callable[..., Any]]) -> byte
     return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: list[Any], started: float) -> ChunkOutcome:
-    """Call ``fn(*args)`` for each item; stop at the first item that raises (see map)."""
+def _run_chunk(
+    fn: Callable[..., Any], chunk: list[Any], started: float, star: bool = True
+) -> ChunkOutcome:
+    """Call ``fn(*args)`` (``fn(arg)`` if not ``star``) for each item; stop at the first item
+    that raises (see map)."""
     results: list[Any] = []
-    append = results.append
     try:
-        for args in chunk:
-            append(fn(*args))
+        # The loop runs in C. When an item raises, list.extend keeps the results appended
+        # before it, so their count is the failing item's index.
+        results.extend(itertools.starmap(fn, chunk) if star else map(fn, chunk))
     except BaseException as exc:
         index = len(results)
+        failing = chunk[index]
         return ChunkOutcome(
             results,
             time.perf_counter() - started,
             index,
             _pickle_exception(exc),
             serialization.format_exception(exc),
-            _arguments_repr(chunk[index]),
+            _arguments_repr(failing) if star else _short_repr(failing),
         )
     return ChunkOutcome(results, time.perf_counter() - started)
 
