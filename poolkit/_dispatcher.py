@@ -69,7 +69,9 @@ TERMINATE_GRACE_SECONDS = 2.0
 PREFETCH_BELOW_SECONDS = 0.005
 #: With prefetch, give a worker enough tasks to keep it busy for about this long.
 PREFETCH_SECONDS = 0.002
-MAX_IN_FLIGHT = 256
+MAX_IN_FLIGHT = 1024
+#: A thread submitting a burst lets the dispatcher run once per this many queued tasks.
+YIELD_EVERY = 64
 #: Workers in a row that may die before they are ready before the pool is declared broken.
 MAX_STARTUP_FAILURES = 3
 
@@ -144,8 +146,14 @@ class Dispatcher:
 
     def submit(self, task: TaskState) -> None:
         """Queue a task (any thread)."""
-        if self.pending or not self._send_direct(task):
-            self.pending.append(task)
+        pending = self.pending
+        if pending or not self._send_direct(task):
+            pending.append(task)
+            if self._wake_signalled and len(pending) % YIELD_EVERY == 0:
+                # A backlog the dispatcher has not picked up: it is waiting for the GIL,
+                # which a thread that only submits gives up every 5 ms (the switch
+                # interval). Hand it over now, so the workers are fed while we submit.
+                time.sleep(0)
             self.wake()
 
     def _send_direct(self, task: TaskState) -> bool:
