@@ -30,6 +30,7 @@ def run_task(header: bytes, fn_blob: bytes, args_blob: bytes) -> tuple[int, byte
     The message is a RESULT or an ERROR (``poolkit._messages.encode_message``), exactly as a
     local worker would write it to its outbox.
     """
-    task_id, kind, _, _ = TASK_HEADER.unpack(header)
+    task_id, kind, _, _, _ = TASK_HEADER.unpack(header)
     record = TaskRecord(task_id, TaskKind(kind), fn_blob, args_blob)
-    return os.getpid(), _run(record, _functions)
+    # No out-of-band buffers: dask moves the blobs itself, and the result goes back in band.
+    return os.getpid(), _run(record, None, _functions, None)

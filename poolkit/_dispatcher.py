@@ -51,7 +51,8 @@ from ._errors import (
     describe_exit,
 )
 from ._halting import kill_group, kill_if_running
-from ._messages import MessageKind, WorkerMessage, batch_prefix, decode_message
+from ._messages import Buffer, MessageKind, WorkerMessage, batch_prefix, decode_message
+from ._oob import open_buffers
 from ._tasks import TaskState, fail, rebuild_exception, resolve
 from ._transport import register_parent_fd, unregister_parent_fd
 from ._worker import worker_main
@@ -376,9 +377,11 @@ class Dispatcher:
         if timed.timeout is not None:  # alone in its batch (see _take): its clock starts now
             deadline = time.monotonic() + timed.timeout
             heapq.heappush(self._deadlines, (deadline, timed.task_id, worker.pid))
-        parts = [batch_prefix(len(batch))]
+        parts: list[Buffer] = [batch_prefix(len(batch))]
         for task in batch:
             parts.extend(task.parts)
+            if task.held is not None:
+                parts.extend(task.held.table_for(worker.channel.side))
         worker.assigned.extend(batch)
         if worker.budget is not None:
             worker.budget -= len(batch)
@@ -416,11 +419,26 @@ class Dispatcher:
             return
         frames, at_eof = worker.channel.reader.read_frames()
         for frame in frames:
-            self._on_message(worker, decode_message(frame))
+            message = decode_message(frame)
+            if message.buffers is not None:
+                message = self._receive_buffers(worker, message)
+            self._on_message(worker, message)
         if at_eof:
             # The worker closed its end: it is exiting; its sentinel reports when it is gone.
             self._selector.unregister(worker.channel.outbox_fd)
             worker.reading = False
+
+    def _receive_buffers(self, worker: WorkerHandle, message: WorkerMessage) -> WorkerMessage:
+        # Taken off the side socket for every message that has them, in order, even one
+        # whose task is settled already: the next message's files come after them.
+        assert message.buffers is not None
+        try:
+            buffers = open_buffers(message.buffers, worker.channel.side, wait=False)
+        except (ConnectionError, OSError) as exc:
+            # Unpickling then fails, and says so in the task's error.
+            logger.warning("the buffers of a message from worker %d: %s", worker.pid, exc)
+            return message._replace(buffers=None)
+        return message._replace(buffers=buffers)
 
     def _on_message(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         kind = message.kind

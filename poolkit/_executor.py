@@ -15,6 +15,7 @@ from . import _serialization as serialization
 from ._backends import resolve_backend
 from ._dispatcher import Dispatcher
 from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
+from ._oob import AVAILABLE as oob_available
 from ._options import UNSET, TaskOptions, check_bytes, check_seconds
 from ._tasks import TaskState, abandon_futures
 from ._worker import WorkerConfig
@@ -142,6 +143,7 @@ class Executor(TaskFrontend):
 
         self._init_frontend(max_workers)
         self._max_tasks_per_child = max_tasks_per_child
+        self._out_of_band = oob_available
         self._start_method = method.name
         self._dispatcher = Dispatcher(method, max_workers, config_blob, max_tasks_per_child)
         self._dispatcher.start(self)

@@ -72,8 +72,8 @@ class ForkTemplate:
 
     def start_worker(self, args: tuple[Any, ...]) -> TemplateChild:
         """Have the template fork a worker running ``target(*args)``; args as for worker_main."""
-        inbox, outbox, running, _config = args
-        fds = [inbox.fileno(), outbox.fileno(), running.fd]
+        inbox, outbox, side, running, _config = args
+        fds = [inbox.fileno(), outbox.fileno(), side.fileno(), running.fd]
         socket.send_fds(self._socket, [pickle.dumps(SpawnRequest())], fds)
         deadline = time.monotonic() + _REPLY_TIMEOUT
         while True:
@@ -175,7 +175,7 @@ def _template_main(sock: socket.socket, target: Callable[..., Any], config_blob:
         for item in ready:
             if item is sock:
                 try:
-                    data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, 3)
+                    data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, 4)
                 except OSError:
                     data = b""
                 if not data:
@@ -194,16 +194,18 @@ def _template_main(sock: socket.socket, target: Callable[..., Any], config_blob:
 def _fork_worker(
     context: BaseContext, target: Callable[..., Any], fds: list[int], config_blob: bytes
 ) -> BaseProcess:
-    inbox_fd, outbox_fd, slot_fd = fds
+    inbox_fd, outbox_fd, side_fd, slot_fd = fds
     inbox = Connection(inbox_fd, writable=False)
     outbox = Connection(outbox_fd, readable=False)
+    side = Connection(side_fd)
     running = RunningSlot(slot_fd)  # maps the slot and closes the descriptor
     process: BaseProcess = context.Process(  # type: ignore[attr-defined]
-        target=target, args=(inbox, outbox, running, config_blob), name="poolkit-worker-fork"
+        target=target, args=(inbox, outbox, side, running, config_blob), name="poolkit-worker-fork"
     )
     process.start()
     # The worker has its copies; the template keeps none of a worker's descriptors.
     inbox.close()
     outbox.close()
+    side.close()
     running.close()
     return process

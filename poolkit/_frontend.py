@@ -23,6 +23,7 @@ from . import _serialization as serialization
 from ._errors import BrokenProcessPool
 from ._map import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
 from ._messages import TaskKind, encode_task
+from ._oob import HeldBuffers
 from ._tasks import TaskState
 
 T = TypeVar("T")
@@ -51,6 +52,8 @@ class TaskFrontend(futures.Executor):
     _max_workers: int
     #: Tasks a worker runs before it is replaced (map keeps chunks at one item then).
     _max_tasks_per_child: Optional[int] = None
+    #: Large buffers of arguments travel in memory files (``_oob``): local workers only.
+    _out_of_band = False
 
     def _init_frontend(self, max_workers: int) -> None:
         self._max_workers = max_workers
@@ -91,7 +94,7 @@ class TaskFrontend(futures.Executor):
         future: Future[Any] = Future()
         try:
             fn_blob = self._function_blob(fn)
-            args_blob = serialization.dumps((args, kwargs))
+            args_blob, held = self._pickle_arguments((args, kwargs))
         except (Exception, SystemExit) as exc:
             error = pickle.PicklingError(
                 serialization.explain_unpicklable(fn_name, args, kwargs, exc)
@@ -100,8 +103,22 @@ class TaskFrontend(futures.Executor):
             future.set_exception(error)
             return future, None
         task_id = next(self._task_ids)
-        parts = encode_task(task_id, TaskKind.CALL, fn_blob, args_blob)
-        return future, TaskState(task_id, future, parts, fn_name)
+        buffers = 0 if held is None else held.count
+        parts = encode_task(task_id, TaskKind.CALL, fn_blob, args_blob, buffers)
+        return future, TaskState(task_id, future, parts, fn_name, held=held)
+
+    def _pickle_arguments(self, arguments: Any) -> tuple[bytes, Optional[HeldBuffers]]:
+        """Pickle a task's arguments; large buffers go to memory files where they can."""
+        if not self._out_of_band:
+            return serialization.dumps(arguments), None
+        out_of_band: list[pickle.PickleBuffer] = []
+        blob = serialization.dumps(arguments, out_of_band)
+        if not out_of_band:
+            return blob, None
+        held = HeldBuffers.hold(out_of_band)
+        if held is None:  # the parent holds enough memory files already
+            return serialization.dumps(arguments), None
+        return blob, held
 
     def _check_open(self) -> None:
         broken = self._broken()

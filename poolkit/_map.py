@@ -45,6 +45,7 @@ from . import _serialization as serialization
 from ._chunking import AutoChunks, ChunkSizer, FixedChunks
 from ._errors import BrokenProcessPool
 from ._messages import ChunkOutcome, MessageKind, TaskKind, WorkerMessage, encode_task
+from ._oob import HeldBuffers
 from ._tasks import TaskState, rebuild_exception
 
 if TYPE_CHECKING:
@@ -212,18 +213,26 @@ class _ChunkSubmitter:
         if self._fn_error is not None:
             return [_Chunk(start, len(chunk), _failed(self._fn_error))]
         try:
-            args_blob = serialization.dumps(chunk)
+            args_blob, held = executor._pickle_arguments(chunk)
         except (Exception, SystemExit):
             return self._split_unpicklable(executor, start, chunk, sizer)
-        sizer.observe_bytes(len(chunk), len(args_blob))
-        return [self._enqueue(executor, start, len(chunk), args_blob)]
+        sizer.observe_bytes(len(chunk), len(args_blob) + (0 if held is None else held.size))
+        return [self._enqueue(executor, start, len(chunk), args_blob, held)]
 
-    def _enqueue(self, executor: Executor, start: int, count: int, args_blob: bytes) -> _Chunk:
+    def _enqueue(
+        self,
+        executor: Executor,
+        start: int,
+        count: int,
+        args_blob: bytes,
+        held: Optional[HeldBuffers] = None,
+    ) -> _Chunk:
         assert self._fn_blob is not None
         future: Future[Any] = Future()
         task_id = next(executor._task_ids)
-        parts = encode_task(task_id, self._kind, self._fn_blob, args_blob)
-        task = TaskState(task_id, future, parts, self.fn_name)
+        buffers = 0 if held is None else held.count
+        parts = encode_task(task_id, self._kind, self._fn_blob, args_blob, buffers)
+        task = TaskState(task_id, future, parts, self.fn_name, held=held)
         # Per-task time limits are per item: a chunk of n items may run n times as long.
         if hasattr(task, "items"):
             task.items = count

@@ -53,6 +53,9 @@ class TaskRecord(NamedTuple):
     kind: TaskKind
     fn_blob: Buffer
     args_blob: Buffer
+    #: The out-of-band buffers of ``args_blob`` (see ``_oob``): table entries, each a
+    #: size (its memory file comes over the side socket) or a view of inline data.
+    buffers: Optional[list[Any]] = None
 
 
 class WorkerMessage(NamedTuple):
@@ -63,6 +66,9 @@ class WorkerMessage(NamedTuple):
     duration: float  #: seconds the task ran in the worker (0 for non-task messages)
     traceback: str  #: formatted traceback text for ERROR and INIT_FAILED, else ""
     payload: Buffer
+    #: The payload's out-of-band buffers, as for :attr:`TaskRecord.buffers`; once the
+    #: parent has received their memory files, the buffers themselves.
+    buffers: Optional[list[Any]] = None
 
 
 class ChunkOutcome(NamedTuple):
@@ -99,12 +105,18 @@ class ChildExit(NamedTuple):
     exitcode: int
 
 
-#: task id, kind, length of the function blob, length of the arguments blob
-TASK_HEADER = struct.Struct("!QBQQ")
+#: task id, kind, length of the function blob, length of the arguments blob, number of
+#: out-of-band buffers (their table follows the arguments blob)
+TASK_HEADER = struct.Struct("!QBQQH")
 #: number of tasks in a batch
 BATCH_HEADER = struct.Struct("!I")
-#: kind, task id, duration, length of the traceback text
-MESSAGE_HEADER = struct.Struct("!BQdI")
+#: kind, task id, duration, length of the traceback text, number of out-of-band buffers
+#: (their table follows the traceback; the payload comes last)
+MESSAGE_HEADER = struct.Struct("!BQdIH")
+#: An out-of-band buffer's table entry: how it travels (below), its size in bytes.
+BUFFER_ENTRY = struct.Struct("!BQ")
+BY_DESCRIPTOR = 0  #: its memory file's descriptor comes over the side socket
+INLINE = 1  #: its bytes follow the table, in the frame
 
 _SMALL_FRAME = struct.Struct("!i")
 _LARGE_FRAME = struct.Struct("!iQ")
@@ -132,11 +144,38 @@ def parse_frame_header(buf: Buffer) -> tuple[int, int] | None:
 
 
 def encode_task(
-    task_id: int, kind: TaskKind, fn_blob: bytes, args_blob: bytes
+    task_id: int, kind: TaskKind, fn_blob: bytes, args_blob: bytes, buffers: int = 0
 ) -> tuple[bytes, ...]:
-    """The parts of one task record; the dispatcher writes them without joining them."""
-    header = TASK_HEADER.pack(task_id, kind, len(fn_blob), len(args_blob))
+    """The parts of one task record; the dispatcher writes them without joining them.
+
+    With out-of-band ``buffers``, the dispatcher writes their table after these parts.
+    """
+    header = TASK_HEADER.pack(task_id, kind, len(fn_blob), len(args_blob), buffers)
     return (header, fn_blob, args_blob)
+
+
+def buffer_table(sizes: list[int], how: int) -> bytes:
+    """The table entries of out-of-band buffers of ``sizes`` that all travel ``how``."""
+    return b"".join([BUFFER_ENTRY.pack(how, size) for size in sizes])
+
+
+def read_buffer_table(view: memoryview, offset: int, count: int) -> tuple[list[Any], int]:
+    """Parse ``count`` table entries at ``offset``, and the inline data after them.
+
+    Returns the entries (each a size, or a view of its inline data) and the offset past
+    the table and its data.
+    """
+    entries: list[Any] = []
+    data = offset + count * BUFFER_ENTRY.size
+    for _ in range(count):
+        how, size = BUFFER_ENTRY.unpack_from(view, offset)
+        offset += BUFFER_ENTRY.size
+        if how == INLINE:
+            entries.append(view[data : data + size])
+            data += size
+        else:
+            entries.append(size)
+    return entries, data
 
 
 #: A batch of no tasks: the worker exits, as at end-of-file.
@@ -155,13 +194,16 @@ def decode_batch(frame: Buffer) -> list[TaskRecord]:
     offset = BATCH_HEADER.size
     records = []
     for _ in range(count):
-        task_id, kind, fn_len, args_len = TASK_HEADER.unpack_from(view, offset)
+        task_id, kind, fn_len, args_len, buffer_count = TASK_HEADER.unpack_from(view, offset)
         offset += TASK_HEADER.size
         fn_blob = view[offset : offset + fn_len]
         offset += fn_len
         args_blob = view[offset : offset + args_len]
         offset += args_len
-        records.append(TaskRecord(task_id, _TASK_KINDS[kind], fn_blob, args_blob))
+        buffers = None
+        if buffer_count:
+            buffers, offset = read_buffer_table(view, offset, buffer_count)
+        records.append(TaskRecord(task_id, _TASK_KINDS[kind], fn_blob, args_blob, buffers))
     return records
 
 
@@ -172,19 +214,27 @@ def encode_message(
     *,
     duration: float = 0.0,
     traceback: str = "",
+    buffers: int = 0,
+    table: tuple[Buffer, ...] = (),
 ) -> bytes:
-    """One worker message as a frame body."""
+    """One worker message as a frame body; ``table`` describes ``buffers`` out-of-band
+    buffers of the payload (see ``_oob.share``)."""
     tb = traceback.encode("utf-8", "replace")
-    return b"".join((MESSAGE_HEADER.pack(kind, task_id, duration, len(tb)), tb, payload))
+    header = MESSAGE_HEADER.pack(kind, task_id, duration, len(tb), buffers)
+    return b"".join((header, tb, *table, payload))
 
 
 def decode_message(frame: Buffer) -> WorkerMessage:
     """Parse a worker message; the payload is a view into ``frame``."""
     view = memoryview(frame)
-    kind, task_id, duration, tb_len = _unpack_message_header(view)
+    kind, task_id, duration, tb_len, buffer_count = _unpack_message_header(view)
     start = MESSAGE_HEADER.size
     tb = bytes(view[start : start + tb_len]).decode("utf-8", "replace") if tb_len else ""
-    return WorkerMessage(_MESSAGE_KINDS[kind], task_id, duration, tb, view[start + tb_len :])
+    start += tb_len
+    if buffer_count:
+        buffers, start = read_buffer_table(view, start, buffer_count)
+        return WorkerMessage(_MESSAGE_KINDS[kind], task_id, duration, tb, view[start:], buffers)
+    return WorkerMessage(_MESSAGE_KINDS[kind], task_id, duration, tb, view[start:])
 
 
 # Looked up once per message or task: a dict is several times cheaper than an enum call.

@@ -13,7 +13,7 @@ import pickle
 import sys
 import traceback
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _MAIN_MARKER = b"__main__"
@@ -27,22 +27,53 @@ def _pickle_by_value_modules_registered() -> bool:
     return bool(getattr(module, "_PICKLE_BY_VALUE_MODULES", None))
 
 
-def dumps(obj: Any) -> bytes:
-    """Pickle ``obj`` for another process; raises what the pickler raises on failure."""
+#: Buffers smaller than this stay inside the pickle (see ``_oob``): below it, creating,
+#: mapping and unmapping a memory file costs more than the pipe.
+OUT_OF_BAND_MIN = 256 * 1024
+#: At most this many buffers of one pickle go out of band (a socket message carries at most
+#: 253 descriptors); the rest stay inside.
+OUT_OF_BAND_MAX_COUNT = 64
+
+
+def dumps(obj: Any, out_of_band: Optional[list[pickle.PickleBuffer]] = None) -> bytes:
+    """Pickle ``obj`` for another process; raises what the pickler raises on failure.
+
+    If ``out_of_band`` is a list, buffers of at least :data:`OUT_OF_BAND_MIN` bytes that
+    ``obj`` offers under protocol 5 (numpy arrays, bytearrays, PickleBuffers) are not
+    copied into the pickle but appended to it, in the order :func:`loads` needs them.
+    """
+    callback = None if out_of_band is None else _collect_large(out_of_band)
     if not _pickle_by_value_modules_registered():
         try:
-            data = pickle.dumps(obj, PROTOCOL)
+            data = pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
         except Exception:
             pass  # cloudpickle may succeed where the C pickler cannot; it reports if not
         else:
             if _MAIN_MARKER not in data:
                 return data
+        if out_of_band:
+            out_of_band.clear()  # the attempt is discarded, and its buffers with it
     # Imported on first need: plain data and module-level functions never need it, and a
     # worker that never pickles by value saves the import time and memory.
     import cloudpickle
 
-    by_value: bytes = cloudpickle.dumps(obj, PROTOCOL)
+    by_value: bytes = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=callback)
     return by_value
+
+
+def _collect_large(collected: list[pickle.PickleBuffer]) -> Callable[[pickle.PickleBuffer], bool]:
+    def in_band(buffer: pickle.PickleBuffer) -> bool:
+        # The pickler copies a buffer into the pickle when this returns True.
+        try:
+            size = buffer.raw().nbytes
+        except BufferError:  # not contiguous
+            return True
+        if size < OUT_OF_BAND_MIN or len(collected) >= OUT_OF_BAND_MAX_COUNT:
+            return True
+        collected.append(buffer)
+        return False
+
+    return in_band
 
 
 def is_reference(obj: Any, blob: bytes) -> bool:
@@ -51,9 +82,10 @@ def is_reference(obj: Any, blob: bytes) -> bool:
     return isinstance(obj, kinds) and b"cloudpickle" not in blob
 
 
-def loads(data: Any) -> Any:
-    """Unpickle bytes produced by :func:`dumps` (any bytes-like object)."""
-    return pickle.loads(data)
+def loads(data: Any, buffers: Optional[list[Any]] = None) -> Any:
+    """Unpickle bytes produced by :func:`dumps` (any bytes-like object), with the
+    out-of-band ``buffers`` it was given, in order."""
+    return pickle.loads(data, buffers=buffers)
 
 
 def callable_name(fn: Callable[..., Any]) -> str:

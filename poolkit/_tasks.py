@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 from . import _serialization as serialization
 from ._errors import DeserializationError, RemoteTraceback
 from ._messages import MessageKind, WorkerMessage
+from ._oob import HeldBuffers
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ class TaskState:
         "fn_name",
         "future",
         "halt_error",
+        "held",
         "items",
         "parts",
         "started",
@@ -36,6 +38,7 @@ class TaskState:
         *,
         timeout: Optional[float] = None,
         items: int = 1,
+        held: Optional[HeldBuffers] = None,
     ) -> None:
         self.task_id = task_id
         self.future = future
@@ -47,13 +50,23 @@ class TaskState:
         self.items = items  # calls in the task (a map chunk holds several)
         #: Why the task was halted before it started (stop or deadline), once asked.
         self.halt_error: Optional[BaseException] = None
+        #: Memory files of the arguments' large buffers, kept as ``parts`` are (``_oob``).
+        self.held = held
+
+    def settle(self) -> None:
+        """Drop what was kept to resend the task: it will not be sent again."""
+        self.parts = ()
+        held = self.held
+        if held is not None:
+            self.held = None
+            held.close()
 
 
 def resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:
     """Resolve the task's future from the worker's RESULT or ERROR message."""
     if message.kind is MessageKind.RESULT:
         try:
-            value = serialization.loads(message.payload)
+            value = serialization.loads(message.payload, message.buffers)
         except BaseException as exc:  # SystemExit too: it must not end the dispatcher
             error = DeserializationError(
                 f"the result of {task.fn_name}() from worker {pid} could not be unpickled: "
@@ -62,7 +75,7 @@ def resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:
             error.__cause__ = exc
             fail(task, error)
             return
-        task.parts = ()
+        task.settle()
         if task.started and not _abandoned:  # the common case, without a closure
             try:
                 task.future.set_result(value)
@@ -79,7 +92,7 @@ def rebuild_exception(message: WorkerMessage, what: str) -> BaseException:
     remote = RemoteTraceback(message.traceback)
     exc: BaseException
     try:
-        exc = serialization.loads(message.payload)
+        exc = serialization.loads(message.payload, message.buffers)
         if not isinstance(exc, BaseException):
             raise TypeError(f"expected an exception, got {type(exc).__name__}")
     except BaseException as unpickling_error:
@@ -111,7 +124,7 @@ def abandon_futures() -> None:
 
 
 def _set(task: TaskState, action: Callable[[Future[Any]], None]) -> None:
-    task.parts = ()
+    task.settle()
     if _abandoned:
         return
     future = task.future

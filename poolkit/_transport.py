@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import os
+import socket
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Optional
@@ -193,7 +194,7 @@ class FrameWriter:
         """True while queued bytes are waiting for the pipe to drain."""
         return bool(self._parts)
 
-    def queue_frame(self, parts: list[bytes]) -> None:
+    def queue_frame(self, parts: list[Buffer]) -> None:
         """Queue one frame made of ``parts``.
 
         A small frame is joined into one buffer (copying a few KiB costs less than handing
@@ -236,7 +237,11 @@ class FrameWriter:
 
 
 class WorkerChannel:
-    """The inbox and outbox of one worker; the parent keeps the non-blocking ends."""
+    """The inbox and outbox of one worker; the parent keeps the non-blocking ends.
+
+    Beside them runs a Unix socket that carries the memory files of large buffers (see
+    ``_oob``), where the platform can pass descriptors.
+    """
 
     def __init__(self, context: BaseContext) -> None:
         inbox_reader, inbox_writer = context.Pipe(duplex=False)
@@ -253,6 +258,14 @@ class WorkerChannel:
         _grow_pipe(outbox_reader.fileno())
         self.writer: Optional[FrameWriter] = FrameWriter(inbox_writer.fileno())
         self.reader = FrameReader(outbox_reader.fileno())
+        #: The parent's end of the side socket, and the worker's (a Connection, so that
+        #: every start method hands it over like the pipes).
+        self.side: Optional[socket.socket] = None
+        self.worker_side: Optional[Connection] = None
+        if hasattr(socket, "send_fds"):
+            self.side, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            register_parent_fd(self.side.fileno())
+            self.worker_side = Connection(worker_end.detach())
 
     @property
     def outbox_fd(self) -> int:
@@ -261,10 +274,10 @@ class WorkerChannel:
 
     def release_worker_ends(self) -> None:
         """Close the parent's copies of the worker's ends, once the worker has them."""
-        for conn in (self.worker_inbox, self.worker_outbox):
+        for conn in (self.worker_inbox, self.worker_outbox, self.worker_side):
             if conn is not None:
                 conn.close()
-        self.worker_inbox = self.worker_outbox = None
+        self.worker_inbox = self.worker_outbox = self.worker_side = None
 
     def close_inbox(self) -> None:
         """Close the parent's end of the inbox: the worker reads end-of-file and exits.
@@ -293,3 +306,6 @@ class WorkerChannel:
         if not self._outbox.closed:
             unregister_parent_fd(self._outbox.fileno())
             self._outbox.close()
+        if self.side is not None and self.side.fileno() >= 0:
+            unregister_parent_fd(self.side.fileno())
+            self.side.close()

@@ -17,12 +17,14 @@ import os
 import pickle
 import select
 import signal
+import socket
 import sys
 import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, NamedTuple, Optional
 
+from . import _oob
 from . import _serialization as serialization
 from ._main_namespace import adopt_main_functions
 from ._messages import (
@@ -59,8 +61,18 @@ class _RunState:
         self.parent_gone = False
 
 
-def worker_main(inbox: Connection, outbox: Connection, running: Any, config_blob: bytes) -> None:
-    """Entry point of a worker process (the ``multiprocessing.Process`` target)."""
+def worker_main(
+    inbox: Connection,
+    outbox: Connection,
+    side: Optional[Connection],
+    running: Any,
+    config_blob: bytes,
+) -> None:
+    """Entry point of a worker process (the ``multiprocessing.Process`` target).
+
+    ``side`` is the socket that carries the memory files of large buffers (``_oob``), or
+    None where descriptors cannot be passed.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A process group of its own: Ctrl-C in a terminal reaches only the parent, and when the
     # parent kills this worker it kills the processes a task started along with it.
@@ -73,6 +85,10 @@ def worker_main(inbox: Connection, outbox: Connection, running: Any, config_blob
     state = _RunState()
     _start_parent_watch(inbox.fileno(), state)
     send = outbox.send_bytes
+    side_socket = None
+    if side is not None:
+        side_socket = socket.socket(fileno=os.dup(side.fileno()))
+        side.close()
 
     try:
         config: WorkerConfig = serialization.loads(config_blob)
@@ -84,14 +100,15 @@ def worker_main(inbox: Connection, outbox: Connection, running: Any, config_blob
 
     try:
         send(encode_message(MessageKind.READY, os.getpid(), b""))
-        _serve(inbox, send, running, state, config.max_tasks, config.max_memory)
-    except BrokenPipeError:
+        _serve(inbox, send, side_socket, running, state, config.max_tasks, config.max_memory)
+    except (BrokenPipeError, ConnectionError):
         pass  # the parent is gone; nobody is left to tell
 
 
 def _serve(
     inbox: Connection,
     send: Callable[[bytes], None],
+    side: Optional[socket.socket],
     running: Any,
     state: _RunState,
     remaining: Optional[int],
@@ -107,7 +124,13 @@ def _serve(
         records = decode_batch(frame)
         if not records:
             return  # the parent's stop signal (see WorkerChannel.close_inbox)
-        for record in records:
+        # Every record's memory files are taken off the side socket now, in order, even
+        # those of a task that is then skipped: the next batch's files come after them.
+        buffers = [
+            None if record.buffers is None else _oob.open_buffers(record.buffers, side)
+            for record in records
+        ]
+        for record, record_buffers in zip(records, buffers):
             with state.lock:
                 if state.parent_gone:
                     return
@@ -120,7 +143,7 @@ def _serve(
                 running.value = 0
                 send(encode_message(MessageKind.SKIPPED, record.task_id, b""))
                 continue
-            reply = _run(record, functions)
+            reply = _run(record, record_buffers, functions, side)
             # Not busy once the task's own code is done: the parent may close the inbox the
             # moment it reads this reply, and that hang-up must not look like its death.
             # The slot keeps the id until the reply is written, so a death while writing is
@@ -139,11 +162,17 @@ def _serve(
                     return
 
 
-def _run(record: TaskRecord, functions: dict[bytes, Callable[..., Any]]) -> bytes:
+def _run(
+    record: TaskRecord,
+    buffers: Optional[list[Any]],
+    functions: dict[bytes, Callable[..., Any]],
+    side: Optional[socket.socket],
+) -> bytes:
     started = time.perf_counter()
     try:
         fn = _load_function(record.fn_blob, functions)
-        arguments = serialization.loads(record.args_blob)
+        arguments = serialization.loads(record.args_blob, buffers)
+        buffers = None  # the arguments own the mappings now
     except BaseException as exc:
         from ._errors import DeserializationError  # rare: not imported by every worker
 
@@ -164,8 +193,9 @@ def _run(record: TaskRecord, functions: dict[bytes, Callable[..., Any]]) -> byte
             MessageKind.ERROR, record.task_id, exc, time.perf_counter() - started
         )
     duration = time.perf_counter() - started
+    out_of_band: Optional[list[pickle.PickleBuffer]] = [] if side is not None else None
     try:
-        payload = serialization.dumps(value)
+        payload = serialization.dumps(value, out_of_band)
     except BaseException as exc:
         salvaged = _salvage_chunk(value) if isinstance(value, ChunkOutcome) else None
         if salvaged is not None:
@@ -173,6 +203,17 @@ def _run(record: TaskRecord, functions: dict[bytes, Callable[..., Any]]) -> byte
         # The pickler's own exception, as the stdlib pool reports it, plus where it happened.
         _add_note(exc, f"(raised while pickling the result of the task, {_short_repr(value)})")
         return _describe_failure(MessageKind.ERROR, record.task_id, exc, duration)
+    if out_of_band:
+        assert side is not None
+        table = tuple(_oob.share(out_of_band, side))
+        return encode_message(
+            MessageKind.RESULT,
+            record.task_id,
+            payload,
+            duration=duration,
+            buffers=len(out_of_band),
+            table=table,
+        )
     return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
 
 

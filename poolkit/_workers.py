@@ -68,7 +68,13 @@ class WorkerHandle:
         try:
             process = backend.start_worker(
                 worker_main,
-                (channel.worker_inbox, channel.worker_outbox, running, config_blob),
+                (
+                    channel.worker_inbox,
+                    channel.worker_outbox,
+                    channel.worker_side,
+                    running,
+                    config_blob,
+                ),
                 name=f"poolkit-worker-{backend.name}",
             )
         except BaseException:

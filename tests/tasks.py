@@ -236,3 +236,37 @@ def sleep_or_square(x: int) -> int:
     if x % 7 == 0:
         time.sleep(0.01)
     return x * x
+
+
+def type_name(value: object) -> str:
+    """What an argument arrived as: out-of-band buffers arrive as the object carrying them."""
+    return type(value).__name__
+
+
+def make_buffer(size: int, fill: int = 7) -> pickle.PickleBuffer:
+    """A result whose memory may travel out of band."""
+    return pickle.PickleBuffer(bytearray([fill]) * size)
+
+
+def fill_and_return(data: bytearray, fill: int) -> bytearray:
+    """Write into an argument, and return it."""
+    data[:] = bytes([fill]) * len(data)
+    return data
+
+
+def keep_and_return(data: Any) -> pickle.PickleBuffer:
+    """Keep a reference to an argument in the worker after the task, and return its memory."""
+    _state["kept"] = data
+    return pickle.PickleBuffer(data)
+
+
+def overwrite_kept(fill: int) -> None:
+    """Write into the argument :func:`keep_and_return` kept."""
+    kept = _state["kept"]
+    kept[:] = bytes([fill]) * len(kept)
+
+
+def scale_array(array: Any, factor: float) -> Any:
+    """numpy: scale an array in place (it must arrive writeable) and return it."""
+    array *= factor
+    return array
