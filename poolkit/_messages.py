@@ -54,7 +54,8 @@ class TaskRecord(NamedTuple):
     fn_blob: Buffer
     args_blob: Buffer
     #: The out-of-band buffers of ``args_blob`` (see ``_oob``): table entries, each a
-    #: size (its memory file comes over the side socket) or a view of inline data.
+    #: ``(size, offset)`` (its memory file comes over the side socket) or a view of
+    #: inline data.
     buffers: Optional[list[Any]] = None
 
 
@@ -113,8 +114,9 @@ BATCH_HEADER = struct.Struct("!I")
 #: kind, task id, duration, length of the traceback text, number of out-of-band buffers
 #: (their table follows the traceback; the payload comes last)
 MESSAGE_HEADER = struct.Struct("!BQdIH")
-#: An out-of-band buffer's table entry: how it travels (below), its size in bytes.
-BUFFER_ENTRY = struct.Struct("!BQ")
+#: An out-of-band buffer's table entry: how it travels (below), its size in bytes, and where
+#: in its memory file it starts.
+BUFFER_ENTRY = struct.Struct("!BQQ")
 BY_DESCRIPTOR = 0  #: its memory file's descriptor comes over the side socket
 INLINE = 1  #: its bytes follow the table, in the frame
 
@@ -154,27 +156,29 @@ def encode_task(
     return (header, fn_blob, args_blob)
 
 
-def buffer_table(sizes: list[int], how: int) -> bytes:
+def buffer_table(sizes: list[int], how: int, offsets: Optional[list[int]] = None) -> bytes:
     """The table entries of out-of-band buffers of ``sizes`` that all travel ``how``."""
-    return b"".join([BUFFER_ENTRY.pack(how, size) for size in sizes])
+    if offsets is None:
+        offsets = [0] * len(sizes)
+    return b"".join([BUFFER_ENTRY.pack(how, size, at) for size, at in zip(sizes, offsets)])
 
 
 def read_buffer_table(view: memoryview, offset: int, count: int) -> tuple[list[Any], int]:
     """Parse ``count`` table entries at ``offset``, and the inline data after them.
 
-    Returns the entries (each a size, or a view of its inline data) and the offset past
-    the table and its data.
+    Returns the entries (each ``(size, offset)`` in a memory file that comes by
+    descriptor, or a view of its inline data) and the offset past the table and its data.
     """
     entries: list[Any] = []
     data = offset + count * BUFFER_ENTRY.size
     for _ in range(count):
-        how, size = BUFFER_ENTRY.unpack_from(view, offset)
+        how, size, at = BUFFER_ENTRY.unpack_from(view, offset)
         offset += BUFFER_ENTRY.size
         if how == INLINE:
             entries.append(view[data : data + size])
             data += size
         else:
-            entries.append(size)
+            entries.append((size, at))
     return entries, data
 
 

@@ -27,6 +27,7 @@ import mmap
 import os
 import pickle
 import socket
+import sys
 import threading
 from typing import Any, Optional
 
@@ -135,25 +136,35 @@ class HeldBuffers:
         self.close()
 
 
-def share(buffers: list[pickle.PickleBuffer], sock: socket.socket) -> list[Buffer]:
-    """Send ``buffers`` now (the worker's side): the table and any inline data to write.
-
-    The descriptors are closed as soon as they are sent: the receiving process holds the
-    memory from then on.
-    """
-    sizes = [buffer.raw().nbytes for buffer in buffers]
-    fds: list[int] = []
+def _receive_fds(entries: list[Any], sock: Optional[socket.socket], wait: bool) -> list[int]:
+    """The descriptors of a table's memory files, off the side socket (one message)."""
+    expected = sum(1 for entry in entries if isinstance(entry, tuple))
+    if not expected:
+        return []
+    if sock is None:
+        raise ConnectionError("buffers were sent by descriptor, and there is no side socket")
+    flags = getattr(socket, "MSG_CMSG_CLOEXEC", 0) | (0 if wait else socket.MSG_DONTWAIT)
     try:
-        for buffer in buffers:
-            fds.append(_copy_to_memory_file(buffer))
-        if _try_send(sock, fds):
-            return [buffer_table(sizes, BY_DESCRIPTOR)]
-    except OSError:
-        pass  # no memory file (out of descriptors, say): the buffers go inline
-    finally:
+        message, fds, _flags, _address = socket.recv_fds(sock, 1, expected, flags)
+    except OSError as exc:
+        raise ConnectionError(f"the buffers of a message did not arrive: {exc}") from exc
+    if not message or len(fds) != expected:
         for fd in fds:
             os.close(fd)
-    return [buffer_table(sizes, INLINE), *(buffer.raw() for buffer in buffers)]
+        raise ConnectionError(
+            f"expected {expected} buffer descriptors with a message, received {len(fds)}"
+        )
+    return fds
+
+
+def _map(fd: int, size: int, offset: int) -> Any:
+    # Shared, not private: a private writable mapping would be populated by copying every
+    # page. Writes by the receiver go into the file, which the sender no longer reads: the
+    # parent keeps its copy only to resend a task that never ran, and a worker's result
+    # goes back in the file it came in only when nothing in the worker still refers to it.
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapping = mmap.mmap(fd, size + offset - start, flags=mmap.MAP_SHARED | _POPULATE, offset=start)
+    return mapping if start == offset else memoryview(mapping)[offset - start :]
 
 
 def open_buffers(entries: list[Any], sock: Optional[socket.socket], wait: bool = True) -> list[Any]:
@@ -163,33 +174,178 @@ def open_buffers(entries: list[Any], sock: Optional[socket.socket], wait: bool =
     were sent before the message, so they are already there. Raises ConnectionError if
     they are not.
     """
-    expected = sum(1 for entry in entries if isinstance(entry, int))
-    if not expected:
-        return entries
-    if sock is None:
-        raise ConnectionError("buffers were sent by descriptor, and there is no side socket")
-    flags = getattr(socket, "MSG_CMSG_CLOEXEC", 0) | (0 if wait else socket.MSG_DONTWAIT)
+    fds = _receive_fds(entries, sock, wait)
     try:
-        message, fds, _flags, _address = socket.recv_fds(sock, 1, expected, flags)
-    except OSError as exc:
-        raise ConnectionError(f"the buffers of a message did not arrive: {exc}") from exc
-    try:
-        if not message or len(fds) != expected:
-            raise ConnectionError(
-                f"expected {expected} buffer descriptors with a message, received {len(fds)}"
-            )
         received = iter(fds)
         return [
-            entry if not isinstance(entry, int) else _map(next(received), entry)
-            for entry in entries
+            _map(next(received), *entry) if isinstance(entry, tuple) else entry for entry in entries
         ]
     finally:
         for fd in fds:
             os.close(fd)
 
 
-def _map(fd: int, size: int) -> mmap.mmap:
-    # Shared, not private: a private writable mapping would be populated by copying every
-    # page. Nobody else writes the file: its sender closed or only keeps it to resend a
-    # task that never ran.
-    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+def _address(obj: Any) -> Optional[int]:
+    """Where a writable buffer's memory starts; None for a read-only one."""
+    import ctypes  # only a worker that returns large buffers needs it
+
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(obj))
+    except (TypeError, ValueError):
+        return None
+
+
+class Received:
+    """The memory files that came with one task, in the worker.
+
+    They are mapped for the task's arguments and stay open until its reply is sent, so a
+    result that lies in one of them (a task that returns its argument, or a part of it,
+    perhaps changed in place) can go back in that file instead of in a copy.
+    """
+
+    __slots__ = ("_files", "buffers")
+
+    def __init__(self, entries: list[Any], sock: Optional[socket.socket]) -> None:
+        fds = _receive_fds(entries, sock, wait=True)
+        self._files: list[tuple[int, Any]] = []
+        try:
+            received = iter(fds)
+            buffers = []
+            for entry in entries:
+                if isinstance(entry, tuple):
+                    fd = next(received)
+                    mapping = _map(fd, *entry)
+                    self._files.append((fd, mapping))
+                    buffers.append(mapping)
+                else:
+                    buffers.append(entry)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        #: What ``loads`` takes; the caller drops this list once the arguments exist.
+        self.buffers: Optional[list[Any]] = buffers
+
+    def take_buffers(self) -> Optional[list[Any]]:
+        """The buffers for ``loads``, handed over once."""
+        buffers, self.buffers = self.buffers, None
+        return buffers
+
+    def locate(self, view: memoryview) -> Optional[tuple[int, int]]:
+        """``(file index, offset)`` if ``view`` lies within one of the mapped files."""
+        if not self._files:
+            return None
+        start = _address(view)
+        if start is None:
+            return None
+        for index, (_fd, mapping) in enumerate(self._files):
+            base = _address(mapping)
+            if base is not None and base <= start and start + view.nbytes <= base + len(mapping):
+                return index, start - base
+        return None
+
+    def reusable(self, index: int) -> bool:
+        """True if nothing but this record refers to file ``index``'s mapping any more.
+
+        Then no code in the worker can write the memory after the reply: it may go to the
+        parent as the result's own.
+        """
+        # References: the list entry's tuple, and getrefcount's argument (no local name:
+        # it would be one more).
+        return sys.getrefcount(self._files[index][1]) <= 2
+
+    def file(self, index: int) -> tuple[int, Any]:
+        """The descriptor and the mapping of file ``index``."""
+        return self._files[index]
+
+    def close(self) -> None:
+        """Close the descriptors; each mapping goes when the last object using it does."""
+        files, self._files = self._files, []
+        for fd, _mapping in files:
+            os.close(fd)
+
+
+class Outgoing:
+    """A result's large buffers on their way to the parent (the worker's side).
+
+    Built right after the result is pickled, while the buffers exist: each buffer is
+    either located in a file the task received, or copied into a new memory file. Then
+    the caller drops the result, and :meth:`send` decides for each located buffer whether
+    its file can go back as it is (nothing in the worker refers to it any more) or must
+    be copied after all.
+    """
+
+    def __init__(self, buffers: list[pickle.PickleBuffer], received: Optional[Received]) -> None:
+        self._sizes: list[int] = []
+        # Per buffer: ("file", index, offset) in a received file, or ("copy", fd).
+        self._places: list[tuple[Any, ...]] = []
+        try:
+            for buffer in buffers:
+                view = buffer.raw()
+                self._sizes.append(view.nbytes)
+                place = None if received is None else received.locate(view)
+                if place is not None:
+                    self._places.append(("file", *place))
+                else:
+                    self._places.append(("copy", _copy_to_memory_file(buffer)))
+                view.release()
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            for buffer in buffers:
+                buffer.release()
+            buffers.clear()
+        self._received = received
+
+    def send(self, sock: socket.socket) -> list[Buffer]:
+        """Send the descriptors now: the table, and any inline data, to write after it.
+
+        Inline when a descriptor cannot be sent (the socket is full, or no memory file
+        could be made): the bytes go through the pipe then.
+        """
+        fds: list[int] = []
+        offsets: list[int] = []
+        try:
+            for index, place in enumerate(self._places):
+                if place[0] == "copy":
+                    fds.append(place[1])
+                    offsets.append(0)
+                    continue
+                assert self._received is not None
+                _kind, file_index, offset = place
+                if self._received.reusable(file_index):
+                    fds.append(self._received.file(file_index)[0])
+                    offsets.append(offset)
+                    continue
+                # Still referred to in the worker: the parent gets a copy of its own.
+                mapping = self._received.file(file_index)[1]
+                view = memoryview(mapping)[offset : offset + self._sizes[index]]
+                copied = _copy_to_memory_file(pickle.PickleBuffer(view))
+                del view, mapping  # or the next buffer in this file would look referred to
+                self._places[index] = ("copy", copied)
+                fds.append(copied)
+                offsets.append(0)
+            if _try_send(sock, fds):
+                return [buffer_table(self._sizes, BY_DESCRIPTOR, offsets)]
+        except OSError:
+            pass  # no memory file (out of descriptors, say): the buffers go inline
+        return [buffer_table(self._sizes, INLINE), *self._inline()]
+
+    def _inline(self) -> list[Buffer]:
+        parts: list[Buffer] = []
+        for size, place in zip(self._sizes, self._places):
+            if place[0] == "copy":
+                parts.append(memoryview(mmap.mmap(place[1], size, prot=mmap.PROT_READ)))
+            else:
+                assert self._received is not None
+                mapping = self._received.file(place[1])[1]
+                parts.append(memoryview(mapping)[place[2] : place[2] + size])
+        return parts
+
+    def close(self) -> None:
+        """Close the memory files made for the result (sent ones live on in the parent)."""
+        places, self._places = self._places, []
+        for place in places:
+            if place[0] == "copy":
+                os.close(place[1])

@@ -126,11 +126,11 @@ def _serve(
             return  # the parent's stop signal (see WorkerChannel.close_inbox)
         # Every record's memory files are taken off the side socket now, in order, even
         # those of a task that is then skipped: the next batch's files come after them.
-        buffers = [
-            None if record.buffers is None else _oob.open_buffers(record.buffers, side)
+        received = [
+            None if record.buffers is None else _oob.Received(record.buffers, side)
             for record in records
         ]
-        for record, record_buffers in zip(records, buffers):
+        for record, files in zip(records, received):
             with state.lock:
                 if state.parent_gone:
                     return
@@ -142,8 +142,14 @@ def _serve(
                 state.busy = False
                 running.value = 0
                 send(encode_message(MessageKind.SKIPPED, record.task_id, b""))
+                if files is not None:
+                    files.close()
                 continue
-            reply = _run(record, record_buffers, functions, side)
+            try:
+                reply = _run(record, files, functions, side)
+            finally:
+                if files is not None:
+                    files.close()
             # Not busy once the task's own code is done: the parent may close the inbox the
             # moment it reads this reply, and that hang-up must not look like its death.
             # The slot keeps the id until the reply is written, so a death while writing is
@@ -164,15 +170,16 @@ def _serve(
 
 def _run(
     record: TaskRecord,
-    buffers: Optional[list[Any]],
+    files: Optional[_oob.Received],
     functions: dict[bytes, Callable[..., Any]],
     side: Optional[socket.socket],
 ) -> bytes:
     started = time.perf_counter()
     try:
         fn = _load_function(record.fn_blob, functions)
+        buffers = None if files is None else files.take_buffers()
         arguments = serialization.loads(record.args_blob, buffers)
-        buffers = None  # the arguments own the mappings now
+        del buffers  # the arguments own the mappings now
     except BaseException as exc:
         from ._errors import DeserializationError  # rare: not imported by every worker
 
@@ -182,16 +189,12 @@ def _run(
         error.__cause__ = exc
         return _describe_failure(MessageKind.ERROR, record.task_id, error, 0.0)
     try:
-        if record.kind is TaskKind.CALL:
-            args, kwargs = arguments
-            value = fn(*args, **kwargs)
-        else:
-            star = record.kind is TaskKind.CHUNK
-            value = _run_chunk(fn, arguments, started, star)
+        value = _call(fn, record.kind, arguments, started)
     except BaseException as exc:
         return _describe_failure(
             MessageKind.ERROR, record.task_id, exc, time.perf_counter() - started
         )
+    del arguments  # only the result may still refer to the task's memory files
     duration = time.perf_counter() - started
     out_of_band: Optional[list[pickle.PickleBuffer]] = [] if side is not None else None
     try:
@@ -203,18 +206,29 @@ def _run(
         # The pickler's own exception, as the stdlib pool reports it, plus where it happened.
         _add_note(exc, f"(raised while pickling the result of the task, {_short_repr(value)})")
         return _describe_failure(MessageKind.ERROR, record.task_id, exc, duration)
-    if out_of_band:
-        assert side is not None
-        table = tuple(_oob.share(out_of_band, side))
-        return encode_message(
-            MessageKind.RESULT,
-            record.task_id,
-            payload,
-            duration=duration,
-            buffers=len(out_of_band),
-            table=table,
-        )
-    return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
+    if not out_of_band:
+        return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
+    assert side is not None
+    count = len(out_of_band)
+    outgoing = _oob.Outgoing(out_of_band, files)
+    # Dropped before the buffers are sent: a buffer that lies in a file this task received
+    # goes back in that file only if nothing in the worker refers to it any more.
+    del value
+    try:
+        table = tuple(outgoing.send(side))
+    finally:
+        outgoing.close()
+    return encode_message(
+        MessageKind.RESULT, record.task_id, payload, duration=duration, buffers=count, table=table
+    )
+
+
+def _call(fn: Callable[..., Any], kind: TaskKind, arguments: Any, started: float) -> Any:
+    """Run the task's code: one call, or a chunk of calls."""
+    if kind is TaskKind.CALL:
+        args, kwargs = arguments
+        return fn(*args, **kwargs)
+    return _run_chunk(fn, arguments, started, kind is TaskKind.CHUNK)
 
 
 def _run_chunk(

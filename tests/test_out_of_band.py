@@ -8,12 +8,17 @@ unpickles as the object that carried its memory, an ``mmap`` for a memory file, 
 from __future__ import annotations
 
 import mmap
+import os
 import pickle
+import socket
+from typing import Any
 
 import pytest
 import tasks
 
 from poolkit import Executor, WorkerCrashedError, _oob
+from poolkit import _serialization as serialization
+from poolkit._messages import read_buffer_table
 
 MB = 1 << 20
 
@@ -126,3 +131,82 @@ def test_memory_files_are_released_when_tasks_settle(start_method: str) -> None:
         for future in cancelled:
             assert future.cancelled() or future.result(timeout=60) == MB
     assert _oob._held == 0
+
+
+# What the worker sends back, decided in one process over a socket pair: a result that lies in
+# a file the task received goes back in that file unless the worker still refers to it.
+
+
+def _receive(data: bytearray, parent_end: socket.socket, worker_end: socket.socket) -> Any:
+    """``data``'s memory in a file, sent as the parent sends it and received as a worker does."""
+    buffers: list[pickle.PickleBuffer] = []
+    serialization.dumps(pickle.PickleBuffer(data), buffers)
+    held = _oob.HeldBuffers.hold(buffers)
+    assert held is not None
+    try:
+        (table,) = held.table_for(parent_end)
+    finally:
+        held.close()
+    entries, _ = read_buffer_table(memoryview(table), 0, 1)
+    return _oob.Received(entries, worker_end)
+
+
+def _send_back(
+    box: list[Any], received: Any, parent_end: socket.socket, worker_end: socket.socket
+) -> tuple[int, bytes]:
+    """Send ``box[0]`` back as a worker sends a result (the box is emptied, as the worker
+    drops its result); the inode of the file the parent receives, and its content."""
+    buffers: list[pickle.PickleBuffer] = []
+    serialization.dumps(box[0], buffers)
+    outgoing = _oob.Outgoing(buffers, received)
+    box.clear()
+    try:
+        (table,) = outgoing.send(worker_end)
+    finally:
+        outgoing.close()
+    entries, _ = read_buffer_table(memoryview(table), 0, 1)
+    fds = _oob._receive_fds(entries, parent_end, wait=False)
+    try:
+        (fd,) = fds
+        size, offset = entries[0]
+        return os.fstat(fd).st_ino, os.pread(fd, size, offset)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_a_returned_argument_goes_back_in_the_file_it_came_in() -> None:
+    data = _pattern(MB)
+    parent_end, worker_end = socket.socketpair()
+    with parent_end, worker_end:
+        received = _receive(data, parent_end, worker_end)
+        came_in = os.fstat(received.file(0)[0]).st_ino
+        box = [pickle.PickleBuffer(received.take_buffers()[0])]
+        inode, content = _send_back(box, received, parent_end, worker_end)
+        received.close()
+    assert inode == came_in and content == data
+
+
+def test_a_part_of_an_argument_goes_back_at_its_offset() -> None:
+    data = _pattern(MB)
+    parent_end, worker_end = socket.socketpair()
+    with parent_end, worker_end:
+        received = _receive(data, parent_end, worker_end)
+        came_in = os.fstat(received.file(0)[0]).st_ino
+        box = [pickle.PickleBuffer(memoryview(received.take_buffers()[0])[12345:])]
+        inode, content = _send_back(box, received, parent_end, worker_end)
+        received.close()
+    assert inode == came_in and content == data[12345:]
+
+
+def test_an_argument_the_worker_still_refers_to_goes_back_as_a_copy() -> None:
+    data = _pattern(MB)
+    parent_end, worker_end = socket.socketpair()
+    with parent_end, worker_end:
+        received = _receive(data, parent_end, worker_end)
+        came_in = os.fstat(received.file(0)[0]).st_ino
+        kept = received.take_buffers()[0]
+        inode, content = _send_back([pickle.PickleBuffer(kept)], received, parent_end, worker_end)
+        del kept
+        received.close()
+    assert inode != came_in and content == data
