@@ -30,6 +30,14 @@ T = TypeVar("T")
 
 _FUNCTION_CACHE_SIZE = 64
 _interpreter_exiting = False
+#: The arguments blob of a call without arguments, pickled once.
+_NO_ARGUMENTS = serialization.dumps(((), {}))
+
+
+def _plain_values(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """True if every argument is of a plain type: no buffer to look for when pickling."""
+    plain = serialization.plain_items
+    return plain(args) and (not kwargs or plain(kwargs.values()))
 
 
 def mark_interpreter_exiting() -> None:
@@ -94,7 +102,12 @@ class TaskFrontend(futures.Executor):
         future: Future[Any] = Future()
         try:
             fn_blob = self._function_blob(fn)
-            args_blob, held = self._pickle_arguments((args, kwargs))
+            if not args and not kwargs:
+                args_blob, held = _NO_ARGUMENTS, None
+            elif _plain_values(args, kwargs):  # nothing that could go out of band
+                args_blob, held = serialization.dumps((args, kwargs)), None
+            else:
+                args_blob, held = self._pickle_arguments((args, kwargs))
         except (Exception, SystemExit) as exc:
             error = pickle.PicklingError(
                 serialization.explain_unpicklable(fn_name, args, kwargs, exc)

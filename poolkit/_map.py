@@ -213,7 +213,10 @@ class _ChunkSubmitter:
         if self._fn_error is not None:
             return [_Chunk(start, len(chunk), _failed(self._fn_error))]
         try:
-            args_blob, held = executor._pickle_arguments(chunk)
+            if len(chunk) <= _CHECK_PLAIN_UP_TO and serialization.plain_items(chunk):
+                args_blob, held = serialization.dumps(chunk), None  # nothing for out of band
+            else:
+                args_blob, held = executor._pickle_arguments(chunk)
         except (Exception, SystemExit):
             return self._split_unpicklable(executor, start, chunk, sizer)
         sizer.observe_bytes(len(chunk), len(args_blob) + (0 if held is None else held.size))
@@ -259,6 +262,10 @@ class _ChunkSubmitter:
         # Each item pickles alone but not together (shared state?): fail the chunk.
         error = pickle.PicklingError(f"cannot pickle the arguments of {self.fn_name}()")
         return [_Chunk(start, len(chunk), _failed(error))]
+
+
+#: Chunks up to this many items are checked for plain values (see ``plain_items``).
+_CHECK_PLAIN_UP_TO = 8
 
 
 def _failed(error: BaseException) -> Future[Any]:

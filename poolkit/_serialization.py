@@ -13,6 +13,7 @@ import pickle
 import sys
 import traceback
 import types
+from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -59,6 +60,22 @@ def dumps(obj: Any, out_of_band: Optional[list[pickle.PickleBuffer]] = None) -> 
 
     by_value: bytes = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=callback)
     return by_value
+
+
+#: Types whose values never offer a buffer to pickle protocol 5.
+_PLAIN_TYPES = frozenset({int, float, complex, bool, str, bytes, type(None)})
+
+
+def plain_items(values: Iterable[Any]) -> bool:
+    """True if every value is of a plain type: nothing in them could go out of band.
+
+    A loop in Python: worth it for a few values, where it saves the pickler's buffer hook.
+    """
+    plain = _PLAIN_TYPES
+    for value in values:  # noqa: SIM110 (a loop is faster than all() over a generator)
+        if type(value) not in plain:
+            return False
+    return True
 
 
 def _collect_large(collected: list[pickle.PickleBuffer]) -> Callable[[pickle.PickleBuffer], bool]:
