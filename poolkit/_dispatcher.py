@@ -433,7 +433,7 @@ class Dispatcher:
         # whose task is settled already: the next message's files come after them.
         assert message.buffers is not None
         try:
-            buffers = open_buffers(message.buffers, worker.channel.side, wait=False)
+            buffers = open_buffers(message.buffers, worker.channel.side)
         except (ConnectionError, OSError) as exc:
             # Unpickling then fails, and says so in the task's error.
             logger.warning("the buffers of a message from worker %d: %s", worker.pid, exc)
@@ -588,6 +588,8 @@ class Dispatcher:
                 fail(task, self._crash_error(worker, exitcode, task))
             elif self.broken is not None or self._forced_by is not None:
                 fail(task, self._not_run_error())
+            elif task.future.done():
+                continue  # settled while it waited here (stopped, past its deadline): done
             else:
                 requeue.append(task)  # taken but not started: another worker runs it
         self.pending.extendleft(reversed(requeue))

@@ -210,7 +210,11 @@ def _run(
         return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
     assert side is not None
     count = len(out_of_band)
-    outgoing = _oob.Outgoing(out_of_band, files)
+    try:
+        outgoing = _oob.Outgoing(out_of_band, files)
+    except OSError:  # no memory file could be made: the pickle carries the buffers
+        payload = serialization.dumps(value)
+        return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
     # Dropped before the buffers are sent: a buffer that lies in a file this task received
     # goes back in that file only if nothing in the worker refers to it any more.
     del value

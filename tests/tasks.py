@@ -248,10 +248,27 @@ def make_buffer(size: int, fill: int = 7) -> pickle.PickleBuffer:
     return pickle.PickleBuffer(bytearray([fill]) * size)
 
 
-def fill_and_return(data: bytearray, fill: int) -> bytearray:
-    """Write into an argument, and return it."""
-    data[:] = bytes([fill]) * len(data)
-    return data
+def fill_and_return(data: Any, fill: int) -> pickle.PickleBuffer:
+    """Write into an argument (any writable buffer), and return its memory."""
+    view = memoryview(data).cast("B")
+    view[:] = bytes([fill]) * len(view)
+    return pickle.PickleBuffer(data)
+
+
+def to_bytes(data: Any) -> bytes:
+    return bytes(data)
+
+
+def in_memory_file(data: Any) -> bool:
+    """True if a (writable) buffer's memory lies in one of poolkit's memory files."""
+    address = ctypes.addressof(ctypes.c_char.from_buffer(memoryview(data).cast("B")))
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "memfd:poolkit-buffer" in line:
+                low, high = (int(part, 16) for part in line.split()[0].split("-"))
+                if low <= address < high:
+                    return True
+    return False
 
 
 def keep_and_return(data: Any) -> pickle.PickleBuffer:

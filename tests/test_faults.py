@@ -248,3 +248,25 @@ def test_stop_while_other_threads_submit(start_method: str, tmp_path: Path) -> N
                 t.join()
         assert ex.submit(tasks.square, 5).result(timeout=60) == 25
         ex.shutdown(cancel_futures=True)
+
+
+def test_a_stopped_queued_task_is_not_run_again_when_its_worker_dies(
+    start_method: str, tmp_path: Path
+) -> None:
+    # The queued task is stopped while it waits behind a running one in the same worker;
+    # then that worker dies. The stopped task is settled: it must not be handed to the
+    # replacement (it has nothing left to send, and sending it broke every new worker).
+    gate = Gate(tmp_path)
+    with Executor(max_workers=1, start_method=start_method) as ex:
+        list(ex.map(tasks.square, range(100)))  # measured short: the queued task is prefetched
+        running = ex.submit(tasks.signal_and_wait, *gate.args)
+        queued = ex.submit(tasks.square, 3)
+        behind = ex.submit(tasks.square, 4)
+        pid = gate.wait_started()
+        ex.stop(queued)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerCrashedError):
+            running.result(timeout=30)
+        assert queued.cancelled() or isinstance(queued.exception(timeout=30), TaskStopped)
+        assert behind.result(timeout=30) == 16
+        assert ex.submit(tasks.square, 5).result(timeout=30) == 25
