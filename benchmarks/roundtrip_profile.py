@@ -119,10 +119,10 @@ def instrument_worker(out_dir: str) -> None:
             waiting[record.task_id] = [record.task_id, read_at[0], read_at[1], end, 0, 0, 0, 0]
         return records
 
-    def timed_run(record: Any, functions: Any) -> bytes:
+    def timed_run(record: Any, *args: Any) -> bytes:
         row = waiting.pop(record.task_id)
         row[4] = now()
-        reply: bytes = run(record, functions)
+        reply: bytes = run(record, *args)
         row[5] = now()
         replied[0] = row
         return reply
@@ -694,7 +694,7 @@ def in_process_costs(executor: Executor) -> dict[str, float]:
     frame = b"".join((batch_prefix(1), *task.parts))
     record = decode_batch(frame)[0]
     functions: dict[bytes, Any] = {}
-    reply = _worker._run(record, functions)
+    reply = _worker._run(record, None, functions, None)
     message = decode_message(reply)
 
     def fresh(n: int) -> list[Future[Any]]:
@@ -728,7 +728,7 @@ def in_process_costs(executor: Executor) -> dict[str, float]:
             fresh,
         ),
         ("worker: decode_batch(frame)", lambda _: decode_batch(frame), None),
-        ("worker: _run(record)", lambda _: _worker._run(record, functions), None),
+        ("worker: _run(record)", lambda _: _worker._run(record, None, functions, None), None),
         ("worker:   unpickle ((), {})", lambda _: _serialization.loads(record.args_blob), None),
         ("worker:   pickle None", lambda _: _serialization.dumps(None), None),
         (
