@@ -90,7 +90,9 @@ def map_file(fd: int, size: int, offset: int, private: bool) -> tuple[Any, int]:
         _libc.munmap(address, length)
         raise OSError(error, f"mprotect of a memory file failed: {os.strerror(error)}")
     region = (ctypes.c_char * length).from_address(address)
-    weakref.finalize(region, _libc.munmap, address, length)
+    # Not at interpreter exit: objects still alive then (an array a late __del__ reads)
+    # may use the memory until the process is gone, which unmaps it anyway.
+    weakref.finalize(region, _libc.munmap, address, length).atexit = False
     if start == offset:
         return region, address
     # A view of the requested part keeps the whole mapping alive.

@@ -222,7 +222,7 @@ def encode_message(
     table: tuple[Buffer, ...] = (),
 ) -> bytes:
     """One worker message as a frame body; ``table`` describes ``buffers`` out-of-band
-    buffers of the payload (see ``_oob.share``)."""
+    buffers of the payload (see ``_oob.Outgoing``)."""
     tb = traceback.encode("utf-8", "replace")
     header = MESSAGE_HEADER.pack(kind, task_id, duration, len(tb), buffers)
     return b"".join((header, tb, *table, payload))

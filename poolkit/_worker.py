@@ -196,7 +196,9 @@ def _run(
         )
     del arguments  # only the result may still refer to the task's memory files
     duration = time.perf_counter() - started
-    out_of_band: Optional[list[pickle.PickleBuffer]] = [] if side is not None else None
+    # A plain value (None, a number, a string) has no buffer to look for.
+    may_have_buffers = side is not None and not serialization.plain_items((value,))
+    out_of_band: Optional[list[pickle.PickleBuffer]] = [] if may_have_buffers else None
     try:
         payload = serialization.dumps(value, out_of_band)
     except BaseException as exc:
