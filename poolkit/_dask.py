@@ -49,7 +49,7 @@ from ._dask_runner import run_task
 from ._errors import BrokenProcessPool, WorkerCrashedError
 from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
 from ._messages import decode_message
-from ._tasks import TaskState, fail, resolve
+from ._tasks import TaskFuture, TaskState, fail, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ class _Session:
         dask_future.add_done_callback(self.inbox.put)
         task.future.add_done_callback(lambda f: self._on_future_done(key, f))
 
-    def _on_future_done(self, key: str, future: Future[Any]) -> None:
+    def _on_future_done(self, key: str, future: TaskFuture) -> None:
         # A future cancelled by the caller (or by map's cleanup): release its dask task, so
         # the scheduler forgets it if it has not run (a running one ends, unobserved).
         if not future.cancelled():

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import functools
 import importlib
 import itertools
 import logging
@@ -38,10 +37,10 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator, Sized
 from concurrent import futures
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from . import _serialization as serialization
+from ._chunk_future import ChunkFuture
 from ._chunking import AutoChunks, ChunkSizer, FixedChunks
 from ._errors import BrokenProcessPool
 from ._messages import ChunkOutcome, MessageKind, TaskKind, WorkerMessage, encode_task
@@ -173,24 +172,33 @@ def start_map(
 # --------------------------------------------------------------------------- submit
 
 
-class _Chunk:
-    """One chunk in flight: its first item's index, its size and its future."""
+class _Chunk(ChunkFuture):
+    """One chunk in flight: its first item's index, its size, and its outcome.
 
-    __slots__ = ("count", "future", "start")
+    The chunk is its own task's future (see ``_chunk_future``): one object per chunk.
+    """
 
-    def __init__(self, start: int, count: int, future: Future[Any]) -> None:
+    __slots__ = ("count", "start")
+
+    def __init__(self, lock: threading.Lock, start: int, count: int) -> None:
+        super().__init__(lock)
         self.start = start
         self.count = count
-        self.future = future
 
 
 class _ChunkSubmitter:
     """Submits map chunks; the function is pickled once for the whole map."""
 
-    def __init__(self, executor: Executor, fn: Callable[..., Any], kind: TaskKind) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        fn: Callable[..., Any],
+        kind: TaskKind,
+    ) -> None:
         # A weak reference: an abandoned map iterator must not keep the executor alive.
         self._executor_ref = weakref.ref(executor)
         self._kind = kind
+        self._lock = threading.Lock()  # shared by this map's chunks (see ChunkFuture)
         self.fn_name = serialization.callable_name(fn)
         self._fn_blob: Optional[bytes] = None
         self._fn_error: Optional[BaseException] = None
@@ -211,7 +219,7 @@ class _ChunkSubmitter:
         if executor is None:
             return []
         if self._fn_error is not None:
-            return [_Chunk(start, len(chunk), _failed(self._fn_error))]
+            return [self._failed(start, len(chunk), self._fn_error)]
         try:
             if len(chunk) <= _CHECK_PLAIN_UP_TO and serialization.plain_items(chunk):
                 args_blob, held = serialization.dumps(chunk), None  # nothing for out of band
@@ -231,16 +239,20 @@ class _ChunkSubmitter:
         held: Optional[HeldBuffers] = None,
     ) -> _Chunk:
         assert self._fn_blob is not None
-        future: Future[Any] = Future()
+        entry = _Chunk(self._lock, start, count)
         task_id = next(executor._task_ids)
         buffers = 0 if held is None else held.count
         parts = encode_task(task_id, self._kind, self._fn_blob, args_blob, buffers)
-        task = TaskState(task_id, future, parts, self.fn_name, held=held)
         # Per-task time limits are per item: a chunk of n items may run n times as long.
-        if hasattr(task, "items"):
-            task.items = count
+        task = TaskState(task_id, entry, parts, self.fn_name, items=count, held=held)
         executor._enqueue(task)
-        return _Chunk(start, count, future)
+        return entry
+
+    def _failed(self, start: int, count: int, error: BaseException) -> _Chunk:
+        """A chunk that fails at once, with ``error``, at its place among the results."""
+        entry = _Chunk(self._lock, start, count)
+        entry.set_exception(error)
+        return entry
 
     def _split_unpicklable(
         self, executor: Executor, start: int, chunk: list[Any], sizer: ChunkSizer
@@ -257,21 +269,15 @@ class _ChunkSubmitter:
                 entries = []
                 if index:
                     entries.extend(self(start, chunk[:index], sizer))
-                entries.append(_Chunk(start + index, len(chunk) - index, _failed(error)))
+                entries.append(self._failed(start + index, len(chunk) - index, error))
                 return entries
         # Each item pickles alone but not together (shared state?): fail the chunk.
         error = pickle.PicklingError(f"cannot pickle the arguments of {self.fn_name}()")
-        return [_Chunk(start, len(chunk), _failed(error))]
+        return [self._failed(start, len(chunk), error)]
 
 
 #: Chunks up to this many items are checked for plain values (see ``plain_items``).
 _CHECK_PLAIN_UP_TO = 8
-
-
-def _failed(error: BaseException) -> Future[Any]:
-    future: Future[Any] = Future()
-    future.set_exception(error)
-    return future
 
 
 # ---------------------------------------------------------------------------- a map
@@ -292,7 +298,8 @@ class _MapRun:
         end_time: Optional[float],
         star: bool,
     ) -> None:
-        self.submit = _ChunkSubmitter(executor, fn, TaskKind.CHUNK if star else TaskKind.ITEMS)
+        kind = TaskKind.CHUNK if star else TaskKind.ITEMS
+        self.submit = _ChunkSubmitter(executor, fn, kind)
         self.items: Optional[Iterator[Any]] = items
         self.total = total
         self.sizer = sizer
@@ -302,7 +309,9 @@ class _MapRun:
         self.next_index = 0  # index of the next item to read
         self.in_flight: collections.deque[_Chunk] = collections.deque()
         # Unordered: chunks land here as they complete (from the dispatcher thread).
+        # Ordered: the chunk the consumer waits for (``awaited``) lands here once done.
         self.done: queue.SimpleQueue[_Chunk] = queue.SimpleQueue()
+        self.awaited: Optional[_Chunk] = None
         self.pending: set[_Chunk] = set()  # unordered: submitted, not yet taken from `done`
         self.stop_error: Optional[BaseException] = None  # why the input stopped early
         # fill() runs in the consuming thread, and in a thread that calls shutdown().
@@ -368,13 +377,27 @@ class _MapRun:
             self.items = None
             return False
         for entry in entries:
-            entry.future.add_done_callback(functools.partial(_measure, self.sizer))
             if self.ordered:
                 self.in_flight.append(entry)
             else:
                 self.pending.add(entry)
-                entry.future.add_done_callback(functools.partial(_put, self.done, entry))
+            entry.add_done_callback(self._chunk_done)  # after pending.add: see _chunk_done
         return True
+
+    def _chunk_done(self, chunk: ChunkFuture) -> None:
+        """A chunk finished or was cancelled (in the dispatcher thread, mostly)."""
+        assert isinstance(chunk, _Chunk)
+        if chunk.succeeded():
+            # Right away, even if an ordered map has not reached this chunk yet: the next
+            # chunk's size uses it.
+            outcome: ChunkOutcome = chunk.outcome()[0]
+            self.sizer.observe(
+                len(outcome.results) + (outcome.error_index is not None), outcome.seconds
+            )
+        # Unordered, every chunk is queued, and only once it is in `pending` (the callback is
+        # added after that): the consumer stops when `pending` is empty.
+        if not self.ordered or chunk is self.awaited:
+            self.done.put(chunk)
 
     def next_chunk(self) -> Optional[_Chunk]:
         """The next chunk whose results are due (waits for it), or None at the end."""
@@ -383,24 +406,42 @@ class _MapRun:
             if not self.in_flight:
                 return None
             entry = self.in_flight[0]
-            entry.future.exception(remaining)  # waits; raises TimeoutError, CancelledError
-            return self.in_flight.popleft()
-        if not self.pending:
-            return None
+            if not entry.done():
+                self._await(entry, remaining)
+            self.in_flight.popleft()
+        else:
+            if not self.pending:
+                return None
+            entry = self._take_done(remaining)
+            self.pending.discard(entry)
+        if entry.cancelled():
+            raise futures.CancelledError()
+        return entry
+
+    def _await(self, entry: _Chunk, remaining: Optional[float]) -> None:
+        # Tell the dispatcher which chunk to signal, then wait for the signal. Any chunk in
+        # the queue is a wakeup only (a late one of an earlier wait, at most), so loop until
+        # this one is done.
+        self.awaited = entry
+        try:
+            deadline = None if remaining is None else time.monotonic() + remaining
+            while not entry.done():
+                left = None if deadline is None else deadline - time.monotonic()
+                self._take_done(left)
+        finally:
+            self.awaited = None
+
+    def _take_done(self, remaining: Optional[float]) -> _Chunk:
         try:
             if remaining is None:
-                entry = self.done.get()
-            else:
-                entry = self.done.get(timeout=max(0.0, remaining))
+                return self.done.get()
+            return self.done.get(timeout=max(0.0, remaining))
         except queue.Empty:
             raise futures.TimeoutError() from None
-        self.pending.discard(entry)
-        return entry
 
     def collect(self, entry: _Chunk) -> tuple[list[Any], Optional[BaseException]]:
         """The results of a finished chunk and the exception to raise after them, if any."""
-        future = entry.future
-        error = future.exception(0)
+        value, error = entry.outcome()
         if error is not None:
             if entry.count == 1:
                 where = f"map item {entry.start}"
@@ -409,7 +450,7 @@ class _MapRun:
                 where = f"map items {entry.start} to {last} (a chunk that failed as a whole)"
             _mark(error, entry.start, where)
             return [], error
-        outcome: ChunkOutcome = future.result(0)
+        outcome: ChunkOutcome = value
         # The caller pops the results from this very list as it yields them, so the future's
         # reference to the outcome does not keep a yielded result alive.
         if outcome.error_index is None:
@@ -434,22 +475,9 @@ class _MapRun:
         """Cancel every chunk that has not started; stop reading the input."""
         self.items = None
         while self.in_flight:
-            self.in_flight.popleft().future.cancel()
+            self.in_flight.popleft().cancel()
         while self.pending:
-            self.pending.pop().future.cancel()
-
-
-def _measure(sizer: ChunkSizer, future: Future[Any]) -> None:
-    # In the dispatcher thread, as soon as the chunk is done: the next chunk's size uses it
-    # even if the caller has not reached this one yet (ordered maps lag behind).
-    if future.cancelled() or future.exception() is not None:
-        return
-    outcome: ChunkOutcome = future.result()
-    sizer.observe(len(outcome.results) + (outcome.error_index is not None), outcome.seconds)
-
-
-def _put(done: queue.SimpleQueue[_Chunk], entry: _Chunk, _future: Future[Any]) -> None:
-    done.put(entry)  # runs in the dispatcher thread (or here, if already done)
+            self.pending.pop().cancel()
 
 
 def _mark(error: BaseException, index: int, where: str) -> None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from . import _serialization as serialization
 from ._errors import DeserializationError, RemoteTraceback
@@ -12,6 +11,19 @@ from ._messages import MessageKind, WorkerMessage
 from ._oob import HeldBuffers
 
 logger = logging.getLogger(__name__)
+
+
+class TaskFuture(Protocol):
+    """What the dispatcher uses of a task's future: a stdlib ``Future`` for ``submit``, a
+    :class:`~poolkit._chunk_future.ChunkFuture` for a map chunk."""
+
+    def set_running_or_notify_cancel(self) -> bool: ...
+    def cancel(self) -> bool: ...
+    def done(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None: ...
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exception: Optional[BaseException]) -> None: ...
 
 
 class TaskState:
@@ -32,7 +44,7 @@ class TaskState:
     def __init__(
         self,
         task_id: int,
-        future: Future[Any],
+        future: TaskFuture,
         parts: tuple[bytes, ...],
         fn_name: str,
         *,
@@ -123,7 +135,7 @@ def abandon_futures() -> None:
     _abandoned = True
 
 
-def _set(task: TaskState, action: Callable[[Future[Any]], None]) -> None:
+def _set(task: TaskState, action: Callable[[TaskFuture], None]) -> None:
     task.settle()
     if _abandoned:
         return

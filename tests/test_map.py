@@ -183,6 +183,58 @@ def test_unordered_timeout_is_a_deadline(start_method: str, tmp_path: Path) -> N
         assert ex.submit(tasks.square, 2).result(timeout=30) == 4
 
 
+def test_ordered_timeout_is_a_deadline(start_method: str, tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    with Executor(max_workers=2, start_method=start_method) as ex:
+        results = ex.map(
+            map_tasks.wait_at_zero,
+            range(3),
+            itertools.repeat(gate.ready),
+            itertools.repeat(gate.release),
+            chunksize=1,
+            timeout=0.5,
+        )
+        gate.wait_started()
+        # Items 1 and 2 are done, but item 0 comes first and is blocked.
+        with pytest.raises(futures.TimeoutError):
+            next(results)
+        gate.open()
+        assert ex.submit(tasks.square, 2).result(timeout=30) == 4
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_a_consumer_waiting_for_a_chunk_wakes_when_shutdown_cancels_it(
+    start_method: str, tmp_path: Path, ordered: bool
+) -> None:
+    gate = Gate(tmp_path)
+    with Executor(max_workers=1, start_method=start_method) as ex:
+        blocker = ex.submit(tasks.signal_and_wait, *gate.args)
+        gate.wait_started()
+        # The only worker is busy: every chunk of this map waits in the queue.
+        results = ex.map(tasks.square, range(3), chunksize=1, ordered=ordered)
+        outcome: list[BaseException] = []
+
+        def consume() -> None:
+            try:
+                next(results)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        consumer = threading.Thread(target=consume, daemon=True)
+        consumer.start()
+        if ordered:
+            # Cancel only once the consumer waits for the first chunk: the wakeup is the test.
+            (run,) = list(ex._live_maps)
+            while run.awaited is None and consumer.is_alive():
+                consumer.join(timeout=0.01)
+        ex.shutdown(wait=False, cancel_futures=True)
+        consumer.join(timeout=30)
+        assert not consumer.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], futures.CancelledError)
+        gate.open()
+        assert blocker.result(timeout=30) > 0
+
+
 # -------------------------------------------------------------------------- auto chunks
 
 

@@ -7,6 +7,7 @@ process behind, the whole group, workers and fork server included, can be killed
 
 from __future__ import annotations
 
+import compileall
 import json
 import logging
 import os
@@ -49,8 +50,34 @@ class Outcome:
         return "" if self.ok else str(self.data.get("error", "the runner failed"))
 
 
+_bytecode_checked = False
+
+
+def ensure_bytecode() -> None:
+    """Compile poolkit's modules once, where they have no up-to-date bytecode yet.
+
+    Every peer is measured as pip installed it, with its ``.pyc`` files written at install
+    time. poolkit run from a source checkout (an editable install), with
+    ``PYTHONDONTWRITEBYTECODE`` set, would instead compile its modules from source in every
+    measured process and every spawned worker: milliseconds of start-up and megabytes of
+    compiler memory that no installed copy pays. A read-only install is left as it is.
+    """
+    global _bytecode_checked
+    if _bytecode_checked:
+        return
+    _bytecode_checked = True
+    import poolkit
+
+    package_dir = os.path.dirname(os.path.abspath(poolkit.__file__))
+    try:
+        compileall.compile_dir(package_dir, quiet=2)
+    except OSError as exc:  # pragma: no cover - a read-only tree; pip compiled it
+        logger.debug("could not compile %s: %s", package_dir, exc)
+
+
 def launch(spec: dict[str, Any], timeout: float) -> Outcome:
     """Run ``spec`` in a fresh process; never raises for anything the measured code does."""
+    ensure_bytecode()
     spec = dict(spec, sys_path=[p for p in sys.path if p])
     # Files, not pipes, for the output: a process the measurement left behind would keep a
     # pipe open, and reading it to end-of-file would wait for that process forever.
