@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, TypeVar
 from . import _map
 from . import _serialization as serialization
 from ._errors import BrokenProcessPool
+from ._futures import new_future
 from ._map import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
 from ._messages import TaskKind, encode_task
 from ._oob import HeldBuffers
@@ -99,7 +100,7 @@ class TaskFrontend(futures.Executor):
             raise TypeError(f"{fn!r} is not callable")
         self._check_open()
         fn_name = serialization.callable_name(fn)
-        future: Future[Any] = Future()
+        future = new_future()
         try:
             fn_blob = self._function_blob(fn)
             if not args and not kwargs:

@@ -20,7 +20,7 @@ import os
 import socket
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import Optional
+from typing import Any, Optional
 
 from ._messages import STOP_BATCH, Buffer, frame_header, parse_frame_header
 
@@ -244,8 +244,19 @@ class WorkerChannel:
     """
 
     def __init__(self, context: BaseContext) -> None:
-        inbox_reader, inbox_writer = context.Pipe(duplex=False)
-        outbox_reader, outbox_writer = context.Pipe(duplex=False)
+        made: list[Any] = []  # closed again if a later one cannot be made (EMFILE)
+        try:
+            inbox_reader, inbox_writer = context.Pipe(duplex=False)
+            made += (inbox_reader, inbox_writer)
+            outbox_reader, outbox_writer = context.Pipe(duplex=False)
+            made += (outbox_reader, outbox_writer)
+            side = worker_end = None
+            if hasattr(socket, "send_fds"):
+                side, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except BaseException:
+            for item in made:
+                item.close()
+            raise
         #: Ends handed to the worker process (closed in the parent once it started).
         self.worker_inbox: Optional[Connection] = inbox_reader
         self.worker_outbox: Optional[Connection] = outbox_writer
@@ -260,11 +271,10 @@ class WorkerChannel:
         self.reader = FrameReader(outbox_reader.fileno())
         #: The parent's end of the side socket, and the worker's (a Connection, so that
         #: every start method hands it over like the pipes).
-        self.side: Optional[socket.socket] = None
+        self.side: Optional[socket.socket] = side
         self.worker_side: Optional[Connection] = None
-        if hasattr(socket, "send_fds"):
-            self.side, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            register_parent_fd(self.side.fileno())
+        if side is not None and worker_end is not None:
+            register_parent_fd(side.fileno())
             self.worker_side = Connection(worker_end.detach())
 
     @property

@@ -260,3 +260,22 @@ def test_a_small_part_of_an_argument_goes_back_as_a_copy() -> None:
 def test_an_argument_the_worker_still_uses_goes_back_as_a_copy() -> None:
     data = _pattern(MB)
     assert _round_trip(data, lambda argument: argument, keep=True) == (False, bytes(data))
+
+
+def test_a_side_socket_that_cannot_be_made_closes_the_pipes_made_before(
+    start_method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import multiprocessing
+
+    from poolkit._transport import WorkerChannel
+
+    def out_of_descriptors(*args: Any) -> Any:
+        raise OSError(24, "Too many open files")
+
+    before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(socket, "socketpair", out_of_descriptors)
+    with pytest.raises(OSError, match="Too many open files") as failure:
+        WorkerChannel(multiprocessing.get_context(start_method))
+    # The traceback (kept alive here) still references the pipes: they must be closed.
+    assert failure.value is not None
+    assert set(os.listdir("/proc/self/fd")) == before
