@@ -21,6 +21,8 @@ from typing import Any, Callable, Optional, TypeVar
 from . import _map
 from . import _serialization as serialization
 from ._errors import BrokenProcessPool
+from ._function_snapshot import Snapshot
+from ._function_snapshot import take as take_snapshot
 from ._futures import new_future
 from ._map import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
 from ._messages import TaskKind, encode_task
@@ -69,7 +71,8 @@ class TaskFrontend(futures.Executor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._task_ids = itertools.count(1)
-        self._function_blobs: dict[Callable[..., Any], bytes] = {}
+        #: fn -> (its pickle, None if by reference, else the snapshot that must match)
+        self._function_blobs: dict[Callable[..., Any], tuple[bytes, Optional[Snapshot]]] = {}
         self._live_maps: weakref.WeakSet[Any] = weakref.WeakSet()  # maps still reading input
 
     # ------------------------------------------------------- for subclasses
@@ -152,19 +155,29 @@ class TaskFrontend(futures.Executor):
 
     def _function_blob(self, fn: Callable[..., Any]) -> bytes:
         # A module-level function pickles to a short reference that never changes: pickle it
-        # once. Anything else (closures, __main__ functions, callable objects) may change
-        # between calls, so it is pickled every time.
+        # once. A function pickled by value (defined in __main__, a closure, a lambda) is
+        # pickled again unless a snapshot shows that nothing it captures changed (see
+        # _function_snapshot); callable objects are pickled every time.
         try:
             cached = self._function_blobs.get(fn)
         except TypeError:  # unhashable callable
             return serialization.dumps(fn)
         if cached is not None:
-            return cached
+            blob, snapshot = cached
+            if snapshot is None or snapshot.matches(fn):
+                return blob
         blob = serialization.dumps(fn)
         if serialization.is_reference(fn, blob):
+            entry: Optional[tuple[bytes, Optional[Snapshot]]] = (blob, None)
+        elif serialization.by_value_modules_registered():
+            entry = None  # cloudpickle's own registry decides; do not second-guess it
+        else:
+            snapshot = take_snapshot(fn)
+            entry = None if snapshot is None else (blob, snapshot)
+        if entry is not None:
             if len(self._function_blobs) >= _FUNCTION_CACHE_SIZE:
                 self._function_blobs.clear()
-            self._function_blobs[fn] = blob
+            self._function_blobs[fn] = entry
         return blob
 
     def _register_map(self, run: Any) -> None:

@@ -20,7 +20,7 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 _MAIN_MARKER = b"__main__"
 
 
-def _pickle_by_value_modules_registered() -> bool:
+def by_value_modules_registered() -> bool:
     # cloudpickle.register_pickle_by_value() asks for whole modules to travel by value;
     # the C pickler would ship them by reference, so honour the registration. (Nothing is
     # registered while cloudpickle has not even been imported.)
@@ -44,7 +44,7 @@ def dumps(obj: Any, out_of_band: Optional[list[pickle.PickleBuffer]] = None) -> 
     copied into the pickle but appended to it, in the order :func:`loads` needs them.
     """
     callback = None if out_of_band is None else _collect_large(out_of_band)
-    if not _pickle_by_value_modules_registered():
+    if not by_value_modules_registered():
         try:
             data = pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
         except Exception:
