@@ -189,12 +189,7 @@ class _Chunk(ChunkFuture):
 class _ChunkSubmitter:
     """Submits map chunks; the function is pickled once for the whole map."""
 
-    def __init__(
-        self,
-        executor: Executor,
-        fn: Callable[..., Any],
-        kind: TaskKind,
-    ) -> None:
+    def __init__(self, executor: Executor, fn: Callable[..., Any], kind: TaskKind) -> None:
         # A weak reference: an abandoned map iterator must not keep the executor alive.
         self._executor_ref = weakref.ref(executor)
         self._kind = kind

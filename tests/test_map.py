@@ -164,26 +164,8 @@ def test_unordered_yields_results_as_they_complete(start_method: str, tmp_path: 
         assert list(results) == []
 
 
-def test_unordered_timeout_is_a_deadline(start_method: str, tmp_path: Path) -> None:
-    gate = Gate(tmp_path)
-    with Executor(max_workers=2, start_method=start_method) as ex:
-        results = ex.map(
-            map_tasks.wait_at_zero,
-            range(3),
-            itertools.repeat(gate.ready),
-            itertools.repeat(gate.release),
-            ordered=False,
-            timeout=0.5,
-        )
-        gate.wait_started()
-        assert sorted([next(results), next(results)]) == [1, 2]
-        with pytest.raises(futures.TimeoutError):
-            next(results)
-        gate.open()
-        assert ex.submit(tasks.square, 2).result(timeout=30) == 4
-
-
-def test_ordered_timeout_is_a_deadline(start_method: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_timeout_is_a_deadline(start_method: str, tmp_path: Path, ordered: bool) -> None:
     gate = Gate(tmp_path)
     with Executor(max_workers=2, start_method=start_method) as ex:
         results = ex.map(
@@ -192,10 +174,12 @@ def test_ordered_timeout_is_a_deadline(start_method: str, tmp_path: Path) -> Non
             itertools.repeat(gate.ready),
             itertools.repeat(gate.release),
             chunksize=1,
+            ordered=ordered,
             timeout=0.5,
         )
         gate.wait_started()
-        # Items 1 and 2 are done, but item 0 comes first and is blocked.
+        if not ordered:  # items 1 and 2 come first; ordered, blocked item 0 comes first
+            assert sorted([next(results), next(results)]) == [1, 2]
         with pytest.raises(futures.TimeoutError):
             next(results)
         gate.open()
