@@ -319,7 +319,7 @@ STAGES["queued"] = [
     STAGES["direct"][1],
     ("caller: _enqueue -> pending.append, wake (pipe write)", "call1", "wake1"),
     ("dispatcher: wakes (wake pipe -> select returns)", "wake1", "dsel"),
-    ("dispatcher: _on_wakeup, _assign, _take", "dsel", "srn0"),
+    ("dispatcher: _on_wakeup, _assign, take_batch", "dsel", "srn0"),
     *STAGES["direct"][3:],
 ]
 # Every stage of both modes, in the order of the table.

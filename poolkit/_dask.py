@@ -50,6 +50,7 @@ from ._errors import BrokenProcessPool, WorkerCrashedError
 from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
 from ._messages import decode_message
 from ._tasks import TaskFuture, TaskState, fail, resolve
+from ._thread_signals import leave_signals_to_other_threads
 
 logger = logging.getLogger(__name__)
 
@@ -430,6 +431,7 @@ class _Session:
     # ------------------------------------------------------------ the thread
 
     def _run(self) -> None:
+        leave_signals_to_other_threads()  # Ctrl-C must wake the caller, not this thread
         try:
             while True:
                 batch = [self.inbox.get()]

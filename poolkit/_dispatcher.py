@@ -29,9 +29,8 @@ dispatcher tell "died while running task 7" from "died with task 7 still waiting
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
-import heapq
-import itertools
 import logging
 import os
 import selectors
@@ -39,42 +38,27 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from ._assignment import assignments, in_flight_limit
 from ._backends import Backend
-from ._errors import (
-    BrokenProcessPool,
-    TaskStopped,
-    TaskTimeoutError,
-    WorkerCrashedError,
-    describe_exit,
-)
-from ._halting import kill_group, kill_if_running
+from ._errors import BrokenProcessPool, TaskStopped, crash_error, describe_exit, not_run_error
+from ._halting import TaskDeadlines, halt_task, kill_group, stopped_error, timeout_error
 from ._messages import Buffer, MessageKind, WorkerMessage, batch_prefix, decode_message
 from ._oob import open_buffers
+from ._stopping import GraceClock
 from ._tasks import TaskState, fail, rebuild_exception, resolve
+from ._thread_signals import leave_signals_to_other_threads, signal_mask
 from ._transport import register_parent_fd, unregister_parent_fd
 from ._worker import worker_main
-from ._workers import WorkerHandle
+from ._workers import StartupFailures, WorkerHandle
 
 logger = logging.getLogger(__name__)
 
-#: After the inboxes close, how long a worker may take to exit before it is terminated.
-EXIT_GRACE_SECONDS = 10.0
-#: After SIGTERM, how long before SIGKILL.
-TERMINATE_GRACE_SECONDS = 2.0
-#: Prefetch (hand a worker tasks beyond the one it runs) only when tasks are shorter than
-#: this: a prefetched task waits behind the running one even if another worker goes idle, so
-#: for long or not yet measured tasks the round trip saved is not worth that risk.
-PREFETCH_BELOW_SECONDS = 0.005
-#: With prefetch, give a worker enough tasks to keep it busy for about this long.
-PREFETCH_SECONDS = 0.002
-MAX_IN_FLIGHT = 1024
 #: A thread submitting a burst lets the dispatcher run once per this many queued tasks.
 YIELD_EVERY = 64
-#: Workers in a row that may die before they are ready before the pool is declared broken.
-MAX_STARTUP_FAILURES = 3
 
 
 class Dispatcher:
@@ -106,6 +90,7 @@ class Dispatcher:
         #: takes it (never blocking) may hand a task straight to an idle worker.
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
+        self._inherited_mask: AbstractSet[int] = frozenset()  # the signal mask _run started with
         # Requests from other threads; read by the dispatcher thread after a wakeup.
         self._stop_requested = False
         self._force_signal: Optional[signal.Signals] = None
@@ -114,12 +99,10 @@ class Dispatcher:
         self._stopping = False  # inboxes closed, or workers signalled: no more assignments
         self._forced_by: Optional[str] = None
         self.broken: Optional[BaseException] = None  # why the pool cannot go on
-        self._grace_deadline: Optional[float] = None
-        self._grace_step = 0
+        self._grace = GraceClock()
         self._task_seconds: Optional[float] = None  # moving average of task run time
-        self._startup_failures = 0  # workers in a row that died before they were ready
-        #: (deadline, task id, worker pid) of every running task with a time limit
-        self._deadlines: list[tuple[float, int, int]] = []
+        self._startup_failures = StartupFailures()
+        self._deadlines = TaskDeadlines()  # of the running tasks with a time limit
         #: Futures whose running task the caller asked to stop (any thread appends).
         self._stop_requests: collections.deque[Future[Any]] = collections.deque()
 
@@ -241,6 +224,8 @@ class Dispatcher:
     # ------------------------------------------------------------- the event loop
 
     def _run(self) -> None:
+        # Ctrl-C must wake the caller's thread, not this one.
+        self._inherited_mask = leave_signals_to_other_threads()
         lock = self._lock
         lock.acquire()
         try:
@@ -259,7 +244,7 @@ class Dispatcher:
                 for key, mask in events:
                     key.data(mask)
                 self._on_task_deadlines()
-                self._on_grace_deadline()
+                self._grace.escalate_if_due(self._workers.values(), time.monotonic())
         except BaseException as exc:  # a bug here must not leave futures unresolved
             logger.exception("poolkit dispatcher failed")
             error = BrokenProcessPool(f"the poolkit dispatcher failed: {exc!r}")
@@ -300,83 +285,26 @@ class Dispatcher:
             self._stop(self._stop_requests.popleft())
 
     def _select_timeout(self) -> Optional[float]:
-        deadlines = [d for d in (self._grace_deadline,) if d is not None]
-        if self._deadlines:
-            deadlines.append(self._deadlines[0][0])
+        deadlines = [d for d in (self._grace.deadline, self._deadlines.next) if d is not None]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
     # -------------------------------------------------------------- assignment
 
-    def _in_flight_limit(self) -> int:
-        """How many tasks a worker may hold, from the measured task duration."""
-        seconds = self._task_seconds
-        if seconds is None or seconds >= PREFETCH_BELOW_SECONDS:
-            return 1
-        if seconds <= 0:
-            return MAX_IN_FLIGHT
-        return max(2, min(MAX_IN_FLIGHT, int(PREFETCH_SECONDS / seconds)))
-
     def _assign(self) -> None:
-        """Give pending tasks to workers with room, several per frame when tasks are short."""
-        pending = self.pending
-        if not pending or self._stopping:
+        """Give pending tasks to workers with room (see ``_assignment``)."""
+        if not self.pending or self._stopping:
             return
         candidates = [w for w in self._workers.values() if w.accepting]
-        if not candidates:
-            return
-        limit = self._in_flight_limit()
-        now = time.monotonic()
-        candidates.sort(key=lambda w: len(w.assigned))
-        for index, worker in enumerate(candidates):
-            held = len(worker.assigned)
-            # Top up a worker only once it has drained to half its limit: fewer, fuller frames.
-            if held >= limit or (held and held > limit // 2):
-                continue
-            if held and now - worker.progress_at > PREFETCH_BELOW_SECONDS:
-                continue  # it is running something long: queue nothing behind it
-            if held and worker.assigned[0].timeout is not None:
-                continue  # a task with a deadline runs alone (see _take)
-            if not held:
-                worker.progress_at = now
-            share = -(-len(pending) // (len(candidates) - index))  # spread small queues out
-            room = min(limit - held, share)
-            if worker.budget is not None:
-                room = min(room, worker.budget)
-            batch = self._take(room, idle=not held)
-            if batch:
-                self._send(worker, batch)
-            if not pending:
-                return
-
-    def _take(self, count: int, idle: bool) -> list[TaskState]:
-        """Pop up to ``count`` tasks for one worker.
-
-        A task with a time limit goes alone to an idle worker: its clock then starts when it
-        is sent, and killing its worker at the deadline disturbs no other task.
-        """
-        batch: list[TaskState] = []
-        pending = self.pending
-        while len(batch) < count and pending:
-            head = pending[0]
-            if head.timeout is not None and (batch or not idle):
-                break
-            task = pending.popleft()
-            if not task.started:
-                if not task.future.set_running_or_notify_cancel():
-                    continue  # cancelled by the caller while it waited
-                task.started = True
-            batch.append(task)
-            if task.timeout is not None:
-                break
-        return batch
+        limit = in_flight_limit(self._task_seconds)
+        for worker, batch in assignments(self.pending, candidates, limit, time.monotonic()):
+            self._send(worker, batch)
 
     def _send(self, worker: WorkerHandle, batch: list[TaskState]) -> None:
         timed = batch[0]
         if timed.timeout is not None:  # alone in its batch (see _take): its clock starts now
-            deadline = time.monotonic() + timed.timeout
-            heapq.heappush(self._deadlines, (deadline, timed.task_id, worker.pid))
+            self._deadlines.add(timed, worker.pid)
         parts: list[Buffer] = [batch_prefix(len(batch))]
         for task in batch:
             parts.extend(task.parts)
@@ -449,7 +377,7 @@ class Dispatcher:
                 return
         if message.kind is MessageKind.READY:
             worker.ready = True
-            self._startup_failures = 0
+            self._startup_failures.worker_ready()
             return
         if message.kind is MessageKind.INIT_FAILED:
             self._on_initializer_failure(worker, message)
@@ -506,14 +434,12 @@ class Dispatcher:
                     self._halt(
                         worker,
                         task,
-                        functools.partial(_stopped_error, task, worker.pid),
+                        functools.partial(stopped_error, task, worker.pid),
                     )
                     return
 
     def _on_task_deadlines(self) -> None:
-        now = time.monotonic()
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, task_id, pid = heapq.heappop(self._deadlines)
+        for task_id, pid in self._deadlines.pop_due(time.monotonic()):
             worker = self._workers.get(pid)
             if worker is None:
                 continue
@@ -524,40 +450,15 @@ class Dispatcher:
             self._halt(
                 worker,
                 task,
-                functools.partial(_timeout_error, task, worker.pid),
+                functools.partial(timeout_error, task, worker.pid),
             )
 
-    def _halt(
-        self,
-        worker: WorkerHandle,
-        task: TaskState,
-        error: Callable[[bool], BaseException],
-    ) -> None:
-        """Make sure ``task`` never completes on ``worker``; its future gets ``error(killed)``."""
-
-        def still_running() -> bool:
-            # Asked while the worker is frozen with this task in its slot: it may have
-            # finished and written (part of) its answer already. An answer wins.
-            self._on_readable(worker, 0)
+    def _halt(self, worker: WorkerHandle, task: TaskState, error: Any) -> None:
+        def still_assigned() -> bool:
+            self._on_readable(worker, 0)  # an answer already written wins
             return task in worker.assigned and not worker.channel.reader.mid_frame
 
-        running = kill_if_running(worker, task.task_id, still_running)
-        if running == task.task_id:
-            worker.closing = True  # dying: give it nothing more
-            worker.halted = True
-            worker.assigned.remove(task)  # not charged as a crash when the worker's exit shows
-            fail(task, error(True))
-            return
-        if task not in worker.assigned:
-            return  # it finished first: its result stands
-        # Not running, and on the skip list: the worker answers SKIPPED when it gets to it
-        # (or a result it had already sent arrives first, and wins).
-        task.halt_error = error(False)
-        earlier = itertools.takewhile(lambda t: t is not task, worker.assigned)
-        if any(t.task_id == running for t in earlier):
-            # The worker is busy with a task queued before this one: this one has certainly
-            # not started, so its future need not wait for the worker to get there.
-            fail(task, task.halt_error)
+        halt_task(worker, task, error, still_assigned)
 
     def _on_initializer_failure(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         cause = rebuild_exception(message, "the initializer's exception")
@@ -585,7 +486,7 @@ class Dispatcher:
         for task in worker.assigned:
             if task.task_id == crashed_id:
                 blamed += 1
-                fail(task, self._crash_error(worker, exitcode, task))
+                fail(task, crash_error(worker.pid, exitcode, task.fn_name, self._forced_by))
             elif self.broken is not None or self._forced_by is not None:
                 fail(task, self._not_run_error())
             elif task.future.done():
@@ -605,67 +506,30 @@ class Dispatcher:
             self._start_worker_or_break()
 
     def _on_startup_death(self, worker: WorkerHandle, exitcode: Optional[int]) -> None:
-        """A worker died before it was ready: retry a little, then declare the pool broken.
-
-        A worker killed from outside (SIGKILL, SIGTERM) is replaced. A worker that ends by
-        itself before it is ready, several times in a row, means a broken setup (an
-        initializer that exits or crashes, a script without the ``__main__`` guard), and
-        retrying forever would hide it.
-        """
-        killed = exitcode is not None and -exitcode in (signal.SIGKILL, signal.SIGTERM)
-        if not killed:
-            # Killed from outside (an OOM killer, a user, a chaos test) says nothing about
-            # the setup; only deaths of its own count toward giving up.
-            self._startup_failures += 1
-        if killed or self._startup_failures < MAX_STARTUP_FAILURES:
-            logger.warning(
-                "poolkit worker %d %s while starting up; starting another",
-                worker.pid,
-                describe_exit(exitcode),
-            )
+        """A worker died before it was ready: retry a little, then declare the pool broken."""
+        why = self._startup_failures.worker_died(worker.pid, exitcode, self._backend.name)
+        if why is not None:
+            self._break(BrokenProcessPool(why))
             return
-        hint = ""
-        if self._backend.name != "fork":
-            hint = (
-                f" Under {self._backend.name}, a script must create the executor under "
-                "`if __name__ == '__main__':`."
-            )
-        self._break(
-            BrokenProcessPool(
-                f"worker {worker.pid} {describe_exit(exitcode)} while starting up (in the "
-                f"initializer, or before it; its stderr says why), {self._startup_failures} "
-                f"times in a row; the pool cannot start workers.{hint}"
-            )
-        )
-
-    def _crash_error(
-        self, worker: WorkerHandle, exitcode: Optional[int], task: TaskState
-    ) -> WorkerCrashedError:
-        how = describe_exit(exitcode)
-        if self._forced_by is not None:
-            how = f"{how} by {self._forced_by}"
-        return WorkerCrashedError(
-            f"worker process {worker.pid} {how} while running {task.fn_name}()",
-            pid=worker.pid,
-            exitcode=exitcode,
-            fn_name=task.fn_name,
+        logger.warning(
+            "poolkit worker %d %s while starting up; starting another",
+            worker.pid,
+            describe_exit(exitcode),
         )
 
     def _not_run_error(self) -> BrokenProcessPool:
-        if self.broken is not None:
-            error = BrokenProcessPool(f"the task did not run: {self.broken}")
-            error.__cause__ = self.broken.__cause__
-            return error
-        if self._forced_by is not None:
-            return BrokenProcessPool(
-                f"the task did not run: the workers were stopped by {self._forced_by}"
-            )
-        return BrokenProcessPool("the task did not run: the executor stopped first")
+        return not_run_error(self.broken, self._forced_by)
 
     # ------------------------------------------------------------------ workers
 
     def _start_worker(self) -> WorkerHandle:
-        worker = WorkerHandle.start(self._backend, self._config_blob, self._max_tasks_per_child)
+        mask = (
+            signal_mask(self._inherited_mask)  # a new process inherits this thread's mask
+            if self.in_dispatcher_thread()
+            else contextlib.nullcontext()
+        )
+        with mask:
+            worker = WorkerHandle.start(self._backend, self._config_blob, self._max_tasks_per_child)
         self._workers[worker.pid] = worker
         self._selector.register(
             worker.channel.outbox_fd, selectors.EVENT_READ, lambda m: self._on_readable(worker, m)
@@ -705,8 +569,7 @@ class Dispatcher:
         for worker in self._workers.values():
             worker.closing = True
             worker.signal(signum)
-        self._grace_deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
-        self._grace_step = 1 if signum != signal.SIGKILL else 2
+        self._grace.after_signal(signum)
 
     # ------------------------------------------------------------------ stopping
 
@@ -720,24 +583,7 @@ class Dispatcher:
         for worker in self._workers.values():
             worker.closing = True
             worker.channel.close_inbox()  # end-of-file: the worker exits by itself
-        self._grace_deadline = time.monotonic() + EXIT_GRACE_SECONDS
-        self._grace_step = 0
-
-    def _on_grace_deadline(self) -> None:
-        """Escalate on workers that outlive their grace period: SIGTERM, then SIGKILL."""
-        if self._grace_deadline is None or time.monotonic() < self._grace_deadline:
-            return
-        if not self._workers:
-            self._grace_deadline = None
-            return
-        signum = signal.SIGTERM if self._grace_step == 0 else signal.SIGKILL
-        for worker in self._workers.values():
-            logger.warning(
-                "poolkit worker %d did not exit in time; sending %s", worker.pid, signum.name
-            )
-            worker.signal(signum)
-        self._grace_step += 1
-        self._grace_deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        self._grace.after_inboxes_closed()
 
     def _break(self, error: BaseException) -> None:
         """The pool cannot go on: fail every task, stop every worker."""
@@ -775,15 +621,3 @@ class Dispatcher:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def _stopped_error(task: TaskState, pid: int, killed: bool) -> BaseException:
-    how = f"its worker (pid {pid}) was killed" if killed else "it never ran"
-    return TaskStopped(f"{task.fn_name}() was stopped by Executor.stop(); {how}")
-
-
-def _timeout_error(task: TaskState, pid: int, killed: bool) -> BaseException:
-    how = f"its worker (pid {pid}) was killed" if killed else "it never started"
-    return TaskTimeoutError(
-        f"{task.fn_name}() exceeded its time limit of {task.timeout:g} s; {how}"
-    )

@@ -134,3 +134,32 @@ def describe_exit(exitcode: Optional[int]) -> str:
     if exitcode < 0:
         return f"was killed by {_signal_name(-exitcode)}"
     return f"exited with code {exitcode}"
+
+
+def crash_error(
+    pid: int, exitcode: Optional[int], fn_name: str, forced_by: Optional[str]
+) -> WorkerCrashedError:
+    """The error of the task worker ``pid`` was running when it ended with ``exitcode``.
+
+    ``forced_by`` names the call that signalled the workers, if one did.
+    """
+    how = describe_exit(exitcode)
+    if forced_by is not None:
+        how = f"{how} by {forced_by}"
+    return WorkerCrashedError(
+        f"worker process {pid} {how} while running {fn_name}()",
+        pid=pid,
+        exitcode=exitcode,
+        fn_name=fn_name,
+    )
+
+
+def not_run_error(broken: Optional[BaseException], forced_by: Optional[str]) -> BrokenProcessPool:
+    """The error of a task that never ran: the pool broke, was force-stopped, or stopped."""
+    if broken is not None:
+        error = BrokenProcessPool(f"the task did not run: {broken}")
+        error.__cause__ = broken.__cause__
+        return error
+    if forced_by is not None:
+        return BrokenProcessPool(f"the task did not run: the workers were stopped by {forced_by}")
+    return BrokenProcessPool("the task did not run: the executor stopped first")

@@ -15,11 +15,16 @@ task 8. poolkit closes the race in three steps:
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import signal
 import time
-from typing import Callable
+from collections.abc import Iterator
+from typing import Callable, Optional
 
+from ._errors import TaskStopped, TaskTimeoutError
+from ._tasks import TaskState, fail
 from ._workers import WorkerHandle
 
 #: How long to wait for a frozen worker to be reported stopped before deciding anyway.
@@ -78,3 +83,74 @@ def _wait_still(pid: int) -> None:
             return
         time.sleep(delay)  # the stop lands within microseconds; no event exists for it
         delay = min(delay * 2, 0.005)
+
+
+def halt_task(
+    worker: WorkerHandle,
+    task: TaskState,
+    error: Callable[[bool], BaseException],
+    still_assigned: Callable[[], bool],
+) -> None:
+    """Make sure ``task`` never completes on ``worker``; its future gets ``error(killed)``.
+
+    ``still_assigned`` is asked while the worker is frozen with the task in its slot: it
+    reads whatever the worker has written so far (an answer wins) and says whether the task
+    is still unanswered and no answer is half-read.
+    """
+    running = kill_if_running(worker, task.task_id, still_assigned)
+    if running == task.task_id:
+        worker.closing = True  # dying: give it nothing more
+        worker.halted = True
+        worker.assigned.remove(task)  # not charged as a crash when the worker's exit shows
+        fail(task, error(True))
+        return
+    if task not in worker.assigned:
+        return  # it finished first: its result stands
+    # Not running, and on the skip list: the worker answers SKIPPED when it gets to it
+    # (or a result it had already sent arrives first, and wins).
+    task.halt_error = error(False)
+    earlier = itertools.takewhile(lambda t: t is not task, worker.assigned)
+    if any(t.task_id == running for t in earlier):
+        # The worker is busy with a task queued before this one: this one has certainly
+        # not started, so its future need not wait for the worker to get there.
+        fail(task, task.halt_error)
+
+
+def stopped_error(task: TaskState, pid: int, killed: bool) -> BaseException:
+    """The error of a task stopped by ``Executor.stop()``."""
+    how = f"its worker (pid {pid}) was killed" if killed else "it never ran"
+    return TaskStopped(f"{task.fn_name}() was stopped by Executor.stop(); {how}")
+
+
+def timeout_error(task: TaskState, pid: int, killed: bool) -> BaseException:
+    """The error of a task that ran past its time limit."""
+    how = f"its worker (pid {pid}) was killed" if killed else "it never started"
+    return TaskTimeoutError(
+        f"{task.fn_name}() exceeded its time limit of {task.timeout:g} s; {how}"
+    )
+
+
+class TaskDeadlines:
+    """The deadlines of running tasks with a time limit, soonest first."""
+
+    __slots__ = ("_heap",)
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, int]] = []  # (deadline, task id, worker pid)
+
+    def add(self, task: TaskState, pid: int) -> None:
+        """Start ``task``'s clock: it was just sent, alone, to worker ``pid``."""
+        assert task.timeout is not None
+        heapq.heappush(self._heap, (time.monotonic() + task.timeout, task.task_id, pid))
+
+    @property
+    def next(self) -> Optional[float]:
+        """The soonest deadline, or None."""
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> Iterator[tuple[int, int]]:
+        """Take every (task id, worker pid) whose deadline is not after ``now``."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, task_id, pid = heapq.heappop(heap)
+            yield task_id, pid

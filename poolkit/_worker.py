@@ -35,6 +35,7 @@ from ._messages import (
     decode_batch,
     encode_message,
 )
+from ._thread_signals import leave_signals_to_other_threads
 from ._transport import BlockingFrameSource, close_inherited_parent_fds
 
 #: Exit code of a worker that stopped because its parent went away mid-task.
@@ -373,6 +374,7 @@ def _start_parent_watch(inbox_fd: int, state: _RunState) -> None:
     parent = os.getppid()
 
     def watch() -> None:
+        leave_signals_to_other_threads()  # a task's own signal handlers must wake its thread
         poller = select.poll()
         poller.register(inbox_fd, 0)
         while True:

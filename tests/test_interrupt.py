@@ -7,10 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import tasks
 from conftest import wait_gone
+
+from poolkit import Executor
 
 SCRIPT = textwrap.dedent(
     """
@@ -55,6 +59,33 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def _wait_until_asleep(pid: int) -> None:
+    """Wait until the main thread of ``pid`` sleeps on a lock, and stays asleep.
+
+    CPython loses a signal that lands between its last check for signals and the system
+    call that puts a thread to sleep on a lock: the handler runs, but nothing wakes the
+    thread to act on it (the same under every executor, and in plain threading code). A
+    user's second Ctrl-C would; this test sends one, so it sends it once the thread sleeps.
+    There is no event for "asleep": the kernel's wait channel is read until it has named a
+    futex for 50 ms in a row (longer than the 5 ms in which a thread waiting for the GIL
+    gets it back).
+    """
+    deadline = time.monotonic() + 30
+    asleep_since = None
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/wchan") as wchan:
+            asleep = wchan.read().startswith("futex")
+        now = time.monotonic()
+        if not asleep:
+            asleep_since = None
+        elif asleep_since is None:
+            asleep_since = now
+        elif now - asleep_since >= 0.05:
+            return
+        time.sleep(0.002)
+    pytest.fail("the script's main thread never went to sleep")
+
+
 @pytest.mark.parametrize("mode", ["with", "map", "as_completed", "lock_held"])
 def test_ctrl_c_stops_the_pool_at_once(start_method: str, mode: str, tmp_path: Path) -> None:
     script = tmp_path / "interrupted.py"
@@ -73,6 +104,7 @@ def test_ctrl_c_stops_the_pool_at_once(start_method: str, mode: str, tmp_path: P
         pids = {int(p) for p in proc.stdout.readline().split()[1:]}
         assert len(pids) == 2
         assert proc.stdout.readline().strip() == "WAITING"
+        _wait_until_asleep(proc.pid)
         proc.send_signal(signal.SIGINT)  # what a terminal sends on Ctrl-C
         try:
             _, stderr = proc.communicate(timeout=30)  # promptly: the tasks would run 60 s
@@ -89,3 +121,28 @@ def test_ctrl_c_stops_the_pool_at_once(start_method: str, mode: str, tmp_path: P
     # One traceback, the main process's: no worker printed one.
     assert stderr.count("Traceback (most recent call last)") == 1, stderr
     assert not wait_gone(pids, timeout=10), "workers outlived Ctrl-C"
+
+
+def _blocked_signals(status_path: str) -> set[int]:
+    with open(status_path) as status:
+        line = next(line for line in status if line.startswith("SigBlk:"))
+    bits = int(line.split()[1], 16)
+    return {n + 1 for n in range(64) if bits >> n & 1}
+
+
+def test_signals_reach_the_callers_thread_and_replacement_workers(start_method: str) -> None:
+    # A Ctrl-C taken by the dispatcher thread would leave the main thread asleep in
+    # result(): the dispatcher blocks every asynchronous signal, so the kernel delivers
+    # them to the user's threads. A worker it starts must not inherit that mask.
+    with Executor(1, start_method=start_method) as ex:
+        first = ex.submit(tasks.getpid).result(timeout=30)
+        thread = ex._dispatcher._thread
+        assert thread is not None and thread.native_id is not None
+        blocked = _blocked_signals(f"/proc/self/task/{thread.native_id}/status")
+        assert {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} <= blocked
+        assert signal.SIGINT not in _blocked_signals("/proc/thread-self/status")
+        os.kill(first, signal.SIGKILL)  # the dispatcher thread starts its replacement
+        assert not wait_gone({first}, timeout=10)
+        second = ex.submit(tasks.getpid).result(timeout=30)
+        assert second != first
+        assert signal.SIGTERM not in _blocked_signals(f"/proc/{second}/status")

@@ -166,3 +166,18 @@ def test_shutdown_is_not_held_up_by_processes_forked_later(
     finally:
         release.set()
         bystander.join()
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_its_grace(
+    start_method: str, tmp_path: Path
+) -> None:
+    gate = Gate(tmp_path)
+    ex = Executor(max_workers=1, start_method=start_method, initializer=tasks.ignore_sigterm)
+    running = ex.submit(tasks.signal_and_wait, *gate.args)
+    pid = gate.wait_started()
+    ex.terminate_workers()
+    # SIGTERM is ignored: only the escalation to SIGKILL ends the worker.
+    with pytest.raises(WorkerCrashedError, match=r"SIGKILL by Executor\.terminate_workers"):
+        running.result(timeout=30)
+    assert not wait_gone({pid}, timeout=10)
+    ex.shutdown()
