@@ -95,6 +95,7 @@ class Dispatcher:
         self._stop_requested = False
         self._force_signal: Optional[signal.Signals] = None
         self._force_done = threading.Event()
+        self._cancelled_waiting = False  # cancel_pending() left cancelled tasks in the queue
         # Dispatcher-thread state.
         self._stopping = False  # inboxes closed, or workers signalled: no more assignments
         self._forced_by: Optional[str] = None
@@ -163,7 +164,17 @@ class Dispatcher:
                 return True  # cancelled already: nothing to run
             task.started = True
             worker.progress_at = time.monotonic()
-            self._send(worker, [task])
+            try:
+                self._send(worker, [task])
+            except BaseException:
+                # In the main thread a signal handler (Ctrl-C) can raise between any two
+                # steps of the send, leaving the frame half queued or half written: the
+                # worker's inbox cannot be trusted any more. Replace the worker; its death
+                # settles whatever it held, this task included.
+                worker.closing = True
+                worker.signal(signal.SIGKILL)
+                self.wake()
+                raise
             return True
         finally:
             self._lock.release()
@@ -185,16 +196,17 @@ class Dispatcher:
         self.wake()
 
     def cancel_pending(self) -> None:
-        """Cancel every queued task that has not started (any thread)."""
-        kept = []
-        while True:
-            try:
-                task = self.pending.popleft()
-            except IndexError:
-                break
-            if task.started or not task.future.cancel():
-                kept.append(task)
-        self.pending.extendleft(reversed(kept))
+        """Cancel every queued task that has not started (any thread).
+
+        The futures are cancelled where they stand; the dispatcher drops them from the queue
+        (and tells their ``wait``/``as_completed`` waiters). Nothing is taken off the queue
+        here, so a Ctrl-C landing in the middle cannot lose a task.
+        """
+        for task in list(self.pending):  # a snapshot: the dispatcher pops meanwhile
+            if not task.started:
+                task.future.cancel()
+        self._cancelled_waiting = True
+        self.wake()
 
     def force_stop(self, signum: signal.Signals) -> None:
         """Signal every worker now; running tasks fail (any thread)."""
@@ -283,6 +295,9 @@ class Dispatcher:
             self._force_done.set()
         while self._stop_requests:
             self._stop(self._stop_requests.popleft())
+        if self._cancelled_waiting:
+            self._cancelled_waiting = False
+            self._drop_cancelled()
 
     def _select_timeout(self) -> Optional[float]:
         deadlines = [d for d in (self._grace.deadline, self._deadlines.next) if d is not None]
@@ -596,6 +611,16 @@ class Dispatcher:
                 fail(worker.assigned.popleft(), self._not_run_error())
         self._fail_pending()
         self._signal_all(signal.SIGTERM)
+
+    def _drop_cancelled(self) -> None:
+        """Take the tasks cancelled while queued off the queue, in order."""
+        pending = self.pending
+        for _ in range(len(pending)):
+            task = pending.popleft()
+            if task.started or not task.future.cancelled():
+                pending.append(task)
+            else:
+                task.future.set_running_or_notify_cancel()  # wakes wait()/as_completed()
 
     def _fail_pending(self) -> None:
         while True:

@@ -146,3 +146,33 @@ def test_signals_reach_the_callers_thread_and_replacement_workers(start_method: 
         second = ex.submit(tasks.getpid).result(timeout=30)
         assert second != first
         assert signal.SIGTERM not in _blocked_signals(f"/proc/{second}/status")
+
+
+@pytest.mark.parametrize("moment", ["before the frame is queued", "before it is written"])
+def test_an_interrupted_direct_send_loses_no_worker(
+    start_method: str, moment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A signal handler's exception (Ctrl-C) can land between any two steps of the send a
+    # caller's thread makes to an idle worker. No real signal can be aimed at one bytecode,
+    # so the exception is raised from inside the send, where a handler would raise it.
+    from poolkit._transport import FrameWriter
+
+    queue_frame = FrameWriter.queue_frame
+    raised = []
+
+    def interrupted(self: FrameWriter, parts: list[bytes]) -> None:
+        if moment == "before it is written":
+            queue_frame(self, parts)
+        if not raised:
+            raised.append(True)
+            raise KeyboardInterrupt
+
+    with Executor(1, start_method=start_method) as ex:
+        assert ex.submit(tasks.square, 2).result(timeout=30) == 4  # warm: an idle worker
+        monkeypatch.setattr(FrameWriter, "queue_frame", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            ex.submit(tasks.square, 3)
+        monkeypatch.setattr(FrameWriter, "queue_frame", queue_frame)
+        # The worker the send was cut short on is replaced; the pool goes on at full size.
+        assert ex.submit(tasks.square, 4).result(timeout=30) == 16
+        assert ex.submit(tasks.square, 5).result(timeout=30) == 25
