@@ -428,12 +428,33 @@ def test_compare_flags_slowdowns_of_new_workloads(suite: ModuleType) -> None:
         ("mapauto", "tiny_best_chunksize", "fork", "poolkit"): 64.0,  # describes, not a speed
         ("cpu", "speedup", "fork", "poolkit"): 1.9,  # not in the saved result
     }, methods=("fork",))  # fmt: skip
-    regressions, unmatched = suite.compare(now, before)
+    regressions, unmatched, drifted = suite.compare(now, before)
+    assert not drifted
     assert len(regressions) == 2
     assert regressions[0].startswith("map 200,000 tiny tasks, each pool's default arguments [fork]")
     assert "(+21% worse)" in regressions[0]
     assert regressions[1].startswith("memory: parent + workers + helpers, total RSS [fork]")
     assert unmatched == ["CPU scaling, 64 x 20 ms pure-Python tasks [fork]"]
+
+
+def test_compare_puts_a_slowdown_the_floor_shares_down_to_the_machine(suite: ModuleType) -> None:
+    before = synthetic({
+        ("latency", "median_us", "fork", "poolkit"): 100.0,
+        ("latency", "median_us", "fork", "floor"): 40.0,
+        ("latency", "median_us", "spawn", "poolkit"): 100.0,
+        ("latency", "median_us", "spawn", "floor"): 40.0,
+    }, methods=("fork", "spawn"))  # fmt: skip
+    now = synthetic({
+        ("latency", "median_us", "fork", "poolkit"): 130.0,  # +30%, and the floor +30%
+        ("latency", "median_us", "fork", "floor"): 52.0,
+        ("latency", "median_us", "spawn", "poolkit"): 130.0,  # +30% on a steady floor
+        ("latency", "median_us", "spawn", "floor"): 40.0,
+    }, methods=("fork", "spawn"))  # fmt: skip
+    regressions, unmatched, drifted = suite.compare(now, before)
+    assert not unmatched
+    assert len(drifted) == 1 and "[fork]" in drifted[0] and "against floor: +0%" in drifted[0]
+    assert len(regressions) == 1 and "[spawn]" in regressions[0]
+    assert "(+30% worse); against floor: +30%" in regressions[0]
 
 
 def test_suite_writes_targets_and_exits_non_zero_on_a_regression(
