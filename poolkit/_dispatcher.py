@@ -24,6 +24,11 @@ and starts a replacement. Shutdown waits until every task is done, then closes t
 **A worker** (``_worker``) reads a batch from its inbox, marks each task as running in a
 shared slot, runs it and writes the outcome to its outbox. The slot is what lets the
 dispatcher tell "died while running task 7" from "died with task 7 still waiting".
+
+The policies the loop applies live beside it: which worker gets which tasks
+(``_assignment``), stopping one task and time limits (``_halting``), the grace a stopping
+pool gives its workers (``_stopping``), a worker's handle and the startup failures that
+break a pool (``_workers``), and the errors futures get (``_errors``).
 """
 
 from __future__ import annotations
@@ -170,9 +175,11 @@ class Dispatcher:
                 # In the main thread a signal handler (Ctrl-C) can raise between any two
                 # steps of the send, leaving the frame half queued or half written: the
                 # worker's inbox cannot be trusted any more. Replace the worker; its death
-                # settles whatever it held, this task included.
+                # settles whatever it held, this task included if it got that far.
                 worker.closing = True
                 worker.signal(signal.SIGKILL)
+                if task not in worker.assigned:
+                    self.pending.appendleft(task)
                 self.wake()
                 raise
             return True

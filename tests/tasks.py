@@ -287,3 +287,8 @@ def scale_array(array: Any, factor: float) -> Any:
     """numpy: scale an array in place (it must arrive writeable) and return it."""
     array *= factor
     return array
+
+
+def write_file(path: str, text: str) -> None:
+    with open(path, "w") as out:
+        out.write(text)

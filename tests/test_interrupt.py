@@ -148,31 +148,48 @@ def test_signals_reach_the_callers_thread_and_replacement_workers(start_method: 
         assert signal.SIGTERM not in _blocked_signals(f"/proc/{second}/status")
 
 
-@pytest.mark.parametrize("moment", ["before the frame is queued", "before it is written"])
-def test_an_interrupted_direct_send_loses_no_worker(
-    start_method: str, moment: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "moment", ["before it is assigned", "before the frame is queued", "before it is written"]
+)
+def test_an_interrupted_direct_send_loses_no_worker_and_no_task(
+    start_method: str, moment: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # A signal handler's exception (Ctrl-C) can land between any two steps of the send a
     # caller's thread makes to an idle worker. No real signal can be aimed at one bytecode,
     # so the exception is raised from inside the send, where a handler would raise it.
+    from poolkit import _dispatcher
     from poolkit._transport import FrameWriter
 
     queue_frame = FrameWriter.queue_frame
+    batch_prefix = _dispatcher.batch_prefix
     raised = []
 
-    def interrupted(self: FrameWriter, parts: list[bytes]) -> None:
-        if moment == "before it is written":
-            queue_frame(self, parts)
+    def interrupt() -> None:
         if not raised:
             raised.append(True)
             raise KeyboardInterrupt
 
+    def interrupted_prefix(count: int) -> bytes:
+        interrupt()
+        return batch_prefix(count)
+
+    def interrupted_queue(self: FrameWriter, parts: list[bytes]) -> None:
+        if moment == "before it is written":
+            queue_frame(self, parts)
+        interrupt()
+
+    marker = tmp_path / "ran"
     with Executor(1, start_method=start_method) as ex:
         assert ex.submit(tasks.square, 2).result(timeout=30) == 4  # warm: an idle worker
-        monkeypatch.setattr(FrameWriter, "queue_frame", interrupted)
+        if moment == "before it is assigned":
+            monkeypatch.setattr(_dispatcher, "batch_prefix", interrupted_prefix)
+        else:
+            monkeypatch.setattr(FrameWriter, "queue_frame", interrupted_queue)
         with pytest.raises(KeyboardInterrupt):
-            ex.submit(tasks.square, 3)
-        monkeypatch.setattr(FrameWriter, "queue_frame", queue_frame)
+            ex.submit(tasks.write_file, str(marker), "ran")
+        monkeypatch.undo()
         # The worker the send was cut short on is replaced; the pool goes on at full size.
         assert ex.submit(tasks.square, 4).result(timeout=30) == 16
         assert ex.submit(tasks.square, 5).result(timeout=30) == 25
+    # The interrupted task had not reached the worker: it ran once, on the replacement.
+    assert marker.read_text() == "ran"
