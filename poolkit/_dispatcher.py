@@ -45,7 +45,7 @@ import time
 import weakref
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ._assignment import assignments, in_flight_limit
 from ._backends import Backend
@@ -325,7 +325,7 @@ class Dispatcher:
 
     def _send(self, worker: WorkerHandle, batch: list[TaskState]) -> None:
         timed = batch[0]
-        if timed.timeout is not None:  # alone in its batch (see _take): its clock starts now
+        if timed.timeout is not None:  # alone in its batch (see take_batch): its clock starts now
             self._deadlines.add(timed, worker.pid)
         parts: list[Buffer] = [batch_prefix(len(batch))]
         for task in batch:
@@ -475,7 +475,9 @@ class Dispatcher:
                 functools.partial(timeout_error, task, worker.pid),
             )
 
-    def _halt(self, worker: WorkerHandle, task: TaskState, error: Any) -> None:
+    def _halt(
+        self, worker: WorkerHandle, task: TaskState, error: Callable[[bool], BaseException]
+    ) -> None:
         def still_assigned() -> bool:
             self._on_readable(worker, 0)  # an answer already written wins
             return task in worker.assigned and not worker.channel.reader.mid_frame

@@ -16,7 +16,7 @@ from typing import Optional
 
 from ._workers import WorkerHandle
 
-logger = logging.getLogger("poolkit._dispatcher")
+logger = logging.getLogger(__name__)
 
 #: After the inboxes close, how long a worker may take to exit before it is terminated.
 EXIT_GRACE_SECONDS = 10.0

@@ -53,8 +53,16 @@ def test_cancel_futures_cancels_what_has_not_started(start_method: str, tmp_path
         running = ex.submit(tasks.signal_and_wait, *gate.args)
         queued = [ex.submit(tasks.square, i) for i in range(20)]
         gate.wait_started()
-        ex.shutdown(wait=False, cancel_futures=True)
-        assert all(f.cancelled() for f in queued)  # decided before shutdown returned
+        with futures.ThreadPoolExecutor(2) as waiters:
+            # Waiters in other threads learn of the cancellations: the dispatcher tells
+            # them when it drops the tasks.
+            seen = waiters.submit(lambda: list(futures.as_completed(queued, timeout=30)))
+            waited = waiters.submit(futures.wait, queued, 30)
+            ex.shutdown(wait=False, cancel_futures=True)
+            assert all(f.cancelled() for f in queued)  # decided before shutdown returned
+            assert len(seen.result(timeout=30)) == 20  # not a TimeoutError
+            done, not_done = waited.result(timeout=30)
+            assert len(done) == 20 and not not_done
         gate.open()
         assert running.result(timeout=30) > 0
     assert all(f.cancelled() for f in queued)
@@ -181,22 +189,3 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_its_grace(
         running.result(timeout=30)
     assert not wait_gone({pid}, timeout=10)
     ex.shutdown()
-
-
-def test_cancel_futures_wakes_as_completed_and_wait(start_method: str, tmp_path: Path) -> None:
-    # A cancelled future counts as completed for as_completed() and wait() only once the
-    # pool has told their waiters: the dispatcher does, when it drops the task.
-    gate = Gate(tmp_path)
-    with Executor(max_workers=1, start_method=start_method) as ex:
-        running = ex.submit(tasks.signal_and_wait, *gate.args)
-        queued = [ex.submit(tasks.square, i) for i in range(5)]
-        gate.wait_started()
-        with futures.ThreadPoolExecutor(2) as waiters:
-            seen = waiters.submit(lambda: list(futures.as_completed(queued, timeout=30)))
-            waited = waiters.submit(futures.wait, queued, 30)
-            ex.shutdown(wait=False, cancel_futures=True)
-            assert len(seen.result(timeout=30)) == 5  # not a TimeoutError
-            done, not_done = waited.result(timeout=30)
-            assert len(done) == 5 and not not_done
-        gate.open()
-        assert running.result(timeout=30) > 0
