@@ -23,6 +23,7 @@ from multiprocessing.context import BaseContext
 from typing import Any, Optional
 
 from ._messages import STOP_BATCH, Buffer, frame_header, parse_frame_header
+from ._spin_wait import SpinWait
 
 # Frames bigger than this are read straight into a buffer of their final size.
 _DIRECT_READ_THRESHOLD = 1 << 20
@@ -144,9 +145,10 @@ class BlockingFrameSource:
     keeps the rest for the next frame.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, spin: Optional[SpinWait] = None) -> None:
         self.fd = fd
         self._buffer = bytearray()
+        self._spin = spin
 
     def next_frame(self) -> Buffer:
         """The next frame's body; raises EOFError at end-of-file."""
@@ -162,6 +164,8 @@ class BlockingFrameSource:
                     return body
                 if body_size >= _DIRECT_READ_THRESHOLD:
                     return self._read_large(header_size, body_size)
+            if self._spin is not None:
+                self._spin.before_read()
             chunk = os.read(self.fd, _READ_CHUNK)
             if not chunk:
                 raise EOFError

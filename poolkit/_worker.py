@@ -35,6 +35,7 @@ from ._messages import (
     decode_batch,
     encode_message,
 )
+from ._spin_wait import SpinWait
 from ._thread_signals import leave_signals_to_other_threads
 from ._transport import BlockingFrameSource, close_inherited_parent_fds
 
@@ -116,7 +117,7 @@ def _serve(
     max_memory: Optional[int],
 ) -> None:
     functions: dict[bytes, Callable[..., Any]] = {}
-    frames = BlockingFrameSource(inbox.fileno())
+    frames = BlockingFrameSource(inbox.fileno(), SpinWait(inbox.fileno()))
     while True:
         try:
             frame = frames.next_frame()

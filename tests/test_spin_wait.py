@@ -1,0 +1,108 @@
+"""The worker's brief spin before a blocking read: it must notice data and end-of-file.
+
+The spin budgets here are an hour, so a spin that missed the pipe becoming ready would run
+into the test's timeout instead of passing by falling back to the blocking read.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from poolkit._messages import frame_header
+from poolkit._spin_wait import SpinWait
+from poolkit._transport import BlockingFrameSource
+
+AN_HOUR = 3600.0
+
+
+class _ObservedSpin(SpinWait):
+    """Says when a wait begins, so that the test writes while the reader spins."""
+
+    def __init__(self, fd: int, seconds: float) -> None:
+        super().__init__(fd, seconds)
+        self.waiting = threading.Event()
+        self.waits = 0
+
+    def before_read(self) -> None:
+        self.waits += 1
+        self.waiting.set()
+        super().before_read()
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read_end, write_end = os.pipe()
+    ends = {read_end, write_end}
+    yield read_end, write_end
+    for fd in ends:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # the test closed it
+
+
+def _read_in_thread(source: BlockingFrameSource) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(bytes(source.next_frame()))
+        except EOFError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.timeout(30)
+def test_a_frame_written_during_the_spin_is_read(pipe: tuple[int, int]) -> None:
+    read_end, write_end = pipe
+    spin = _ObservedSpin(read_end, AN_HOUR)
+    thread, outcome = _read_in_thread(BlockingFrameSource(read_end, spin))
+    assert spin.waiting.wait(10)
+    body = b"the next batch"
+    os.write(write_end, frame_header(len(body)) + body)
+    thread.join(20)
+    assert outcome == [body]
+
+
+@pytest.mark.timeout(30)
+def test_end_of_file_during_the_spin_ends_the_read(pipe: tuple[int, int]) -> None:
+    read_end, write_end = pipe
+    spin = _ObservedSpin(read_end, AN_HOUR)
+    thread, outcome = _read_in_thread(BlockingFrameSource(read_end, spin))
+    assert spin.waiting.wait(10)
+    os.close(write_end)  # the parent went away
+    thread.join(20)
+    assert len(outcome) == 1 and isinstance(outcome[0], EOFError)
+
+
+@pytest.mark.timeout(30)
+def test_a_buffered_frame_needs_no_wait(pipe: tuple[int, int]) -> None:
+    read_end, write_end = pipe
+    first, second = b"first", b"second"
+    os.write(write_end, frame_header(len(first)) + first + frame_header(len(second)) + second)
+    spin = _ObservedSpin(read_end, AN_HOUR)
+    source = BlockingFrameSource(read_end, spin)
+    assert bytes(source.next_frame()) == first
+    assert bytes(source.next_frame()) == second
+    # One read brought both frames: the second came from the buffer, with no wait.
+    assert spin.waits == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_zero_budget_goes_straight_to_the_blocking_read(pipe: tuple[int, int]) -> None:
+    read_end, write_end = pipe
+    spin = _ObservedSpin(read_end, 0.0)
+    thread, outcome = _read_in_thread(BlockingFrameSource(read_end, spin))
+    assert spin.waiting.wait(10)
+    body = b"x" * 100
+    os.write(write_end, frame_header(len(body)) + body)
+    thread.join(20)
+    assert outcome == [body]
+    assert spin._poll is None  # never polled
