@@ -49,7 +49,14 @@ from typing import Any, Callable, Optional
 
 from ._assignment import assignments, in_flight_limit
 from ._backends import Backend
-from ._errors import BrokenProcessPool, TaskStopped, crash_error, describe_exit, not_run_error
+from ._errors import (
+    BrokenProcessPool,
+    TaskStopped,
+    crash_error,
+    describe_exit,
+    not_run_error,
+    unstarted_crash_error,
+)
 from ._halting import TaskDeadlines, halt_task, kill_group, stopped_error, timeout_error
 from ._messages import Buffer, MessageKind, WorkerMessage, batch_prefix, decode_message
 from ._oob import open_buffers
@@ -58,7 +65,7 @@ from ._tasks import TaskState, fail, rebuild_exception, resolve
 from ._thread_signals import leave_signals_to_other_threads, signal_mask
 from ._transport import register_parent_fd, unregister_parent_fd
 from ._worker import worker_main
-from ._workers import StartupFailures, WorkerHandle
+from ._workers import UNSTARTED_DEATH_LIMIT, StartupFailures, WorkerHandle
 
 logger = logging.getLogger(__name__)
 
@@ -507,6 +514,15 @@ class Dispatcher:
             self._on_startup_death(worker, exitcode)
         requeue = []
         blamed = 0
+        # A worker that died on its own while running none of its tasks may have been killed
+        # by one of them before it started (reading an argument too large for its memory).
+        # Such a task is sent on a few times, then failed: resending it forever would hang.
+        unexplained = (
+            exitcode != 0
+            and not worker.halted
+            and self._forced_by is None
+            and not any(task.task_id == crashed_id for task in worker.assigned)
+        )
         for task in worker.assigned:
             if task.task_id == crashed_id:
                 blamed += 1
@@ -515,7 +531,16 @@ class Dispatcher:
                 fail(task, self._not_run_error())
             elif task.future.done():
                 continue  # settled while it waited here (stopped, past its deadline): done
+            elif unexplained and task.unstarted_deaths + 1 >= UNSTARTED_DEATH_LIMIT:
+                blamed += 1
+                fail(
+                    task,
+                    unstarted_crash_error(
+                        worker.pid, exitcode, task.fn_name, UNSTARTED_DEATH_LIMIT
+                    ),
+                )
             else:
+                task.unstarted_deaths += unexplained
                 requeue.append(task)  # taken but not started: another worker runs it
         self.pending.extendleft(reversed(requeue))
         if blamed or (requeue and exitcode != 0 and not worker.halted and not self._forced_by):

@@ -154,6 +154,23 @@ def crash_error(
     )
 
 
+def unstarted_crash_error(
+    pid: int, exitcode: Optional[int], fn_name: str, deaths: int
+) -> WorkerCrashedError:
+    """The error of a task that ``deaths`` workers in turn died holding, before it started.
+
+    Something in the task itself most likely kills them, such as an argument too large for
+    the memory a worker may use, so it is failed instead of being sent to yet another worker.
+    """
+    return WorkerCrashedError(
+        f"worker process {pid} {describe_exit(exitcode)} before it started {fn_name}(); "
+        f"{deaths} workers in turn died holding this task, so it is not sent to another",
+        pid=pid,
+        exitcode=exitcode,
+        fn_name=fn_name,
+    )
+
+
 def not_run_error(broken: Optional[BaseException], forced_by: Optional[str]) -> BrokenProcessPool:
     """The error of a task that never ran: the pool broke, was force-stopped, or stopped."""
     if broken is not None:

@@ -39,6 +39,7 @@ class TaskState:
         "started",
         "task_id",
         "timeout",
+        "unstarted_deaths",
     )
 
     def __init__(
@@ -64,6 +65,8 @@ class TaskState:
         self.halt_error: Optional[BaseException] = None
         #: Memory files of the arguments' large buffers, kept as ``parts`` are (``_oob``).
         self.held = held
+        #: Workers that died for no task's fault while holding this one, before it started.
+        self.unstarted_deaths = 0
 
     def settle(self) -> None:
         """Drop what was kept to resend the task: it will not be sent again."""

@@ -121,6 +121,12 @@ class WorkerHandle:
             pass  # still running: only after a failed kill; its sentinel stays open
 
 
+#: How many workers in turn may die, each for no task's fault, holding the same task before
+#: it started: the last of them fails the task (``_errors.unstarted_crash_error``) instead of
+#: sending it on.
+UNSTARTED_DEATH_LIMIT = 3
+
+
 class StartupFailures:
     """Counts workers that die before they are ready, to tell bad luck from a broken setup.
 

@@ -292,3 +292,13 @@ def scale_array(array: Any, factor: float) -> Any:
 def write_file(path: str, text: str) -> None:
     with open(path, "w") as out:
         out.write(text)
+
+
+def limit_address_space(extra_megabytes: int) -> None:
+    """An initializer: this worker may map only ``extra_megabytes`` more than it has now."""
+    import resource
+
+    with open("/proc/self/status") as status:
+        vm_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+    limit = (vm_kib << 10) + (extra_megabytes << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))

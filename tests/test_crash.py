@@ -74,6 +74,28 @@ def test_prefetched_tasks_run_elsewhere(
     assert "1 task(s) failed, 5 requeued" in caplog.text
 
 
+def test_a_task_that_kills_every_worker_before_it_starts_is_failed(start_method: str) -> None:
+    # Each worker may map only 16 MiB more than it has: reading a 64 MiB argument fails
+    # with MemoryError and ends the worker before the task starts. Sending the task on to
+    # every replacement would never end.
+    with Executor(
+        max_workers=2,
+        start_method=start_method,
+        initializer=tasks.limit_address_space,
+        initargs=(16,),
+    ) as ex:
+        assert ex.submit(tasks.square, 3).result(timeout=30) == 9
+        doomed = ex.submit(tasks.length, b"x" * (64 << 20))
+        with pytest.raises(WorkerCrashedError, match="before it started") as info:
+            doomed.result(timeout=60)
+        assert "length" in str(info.value) and "exited with code 1" in str(info.value)
+        assert info.value.exitcode == 1
+        # Smaller tasks still run in workers under the same limit.
+        assert [f.result(timeout=30) for f in [ex.submit(tasks.square, i) for i in range(8)]] == [
+            i * i for i in range(8)
+        ]
+
+
 def test_replacement_restores_full_pool(start_method: str, tmp_path: Path) -> None:
     with Executor(max_workers=2, start_method=start_method) as ex:
         first = Gate(tmp_path, "first")
