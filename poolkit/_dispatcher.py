@@ -54,6 +54,7 @@ from ._errors import (
     TaskStopped,
     crash_error,
     describe_exit,
+    name_exception,
     not_run_error,
     unstarted_crash_error,
 )
@@ -414,6 +415,9 @@ class Dispatcher:
         if message.kind is MessageKind.RETIRING:
             self._on_retiring(worker)
             return
+        if message.kind is MessageKind.LOOP_FAILED:
+            worker.loop_error = rebuild_exception(message, "the worker's exception")
+            return
         if not worker.assigned or worker.assigned[0].task_id != message.task_id:
             # Only a task the dispatcher already settled (halted while its answer was on the
             # way) can be missing; the answer is moot.
@@ -536,7 +540,7 @@ class Dispatcher:
                 fail(
                     task,
                     unstarted_crash_error(
-                        worker.pid, exitcode, task.fn_name, UNSTARTED_DEATH_LIMIT
+                        worker.pid, exitcode, task.fn_name, UNSTARTED_DEATH_LIMIT, worker.loop_error
                     ),
                 )
             else:
@@ -545,9 +549,10 @@ class Dispatcher:
         self.pending.extendleft(reversed(requeue))
         if blamed or (requeue and exitcode != 0 and not worker.halted and not self._forced_by):
             logger.warning(
-                "poolkit worker %d %s; %d task(s) failed, %d requeued",
+                "poolkit worker %d %s%s; %d task(s) failed, %d requeued",
                 worker.pid,
                 describe_exit(exitcode),
+                name_exception(worker.loop_error),
                 blamed,
                 len(requeue),
             )

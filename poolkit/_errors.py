@@ -154,21 +154,37 @@ def crash_error(
     )
 
 
+def name_exception(exc: Optional[BaseException]) -> str:
+    """`` (MemoryError)`` or `` (OSError: message)`` to follow a death's description."""
+    if exc is None:
+        return ""
+    detail = str(exc)
+    return f" ({type(exc).__name__}{': ' + detail if detail else ''})"
+
+
 def unstarted_crash_error(
-    pid: int, exitcode: Optional[int], fn_name: str, deaths: int
+    pid: int,
+    exitcode: Optional[int],
+    fn_name: str,
+    deaths: int,
+    cause: Optional[BaseException] = None,
 ) -> WorkerCrashedError:
     """The error of a task that ``deaths`` workers in turn died holding, before it started.
 
     Something in the task itself most likely kills them, such as an argument too large for
     the memory a worker may use, so it is failed instead of being sent to yet another worker.
+    ``cause`` is what the last worker's loop raised, if it could say (its ``__cause__``).
     """
-    return WorkerCrashedError(
-        f"worker process {pid} {describe_exit(exitcode)} before it started {fn_name}(); "
+    how = describe_exit(exitcode) + name_exception(cause)
+    error = WorkerCrashedError(
+        f"worker process {pid} {how} before it started {fn_name}(); "
         f"{deaths} workers in turn died holding this task, so it is not sent to another",
         pid=pid,
         exitcode=exitcode,
         fn_name=fn_name,
     )
+    error.__cause__ = cause
+    return error
 
 
 def not_run_error(broken: Optional[BaseException], forced_by: Optional[str]) -> BrokenProcessPool:

@@ -44,6 +44,10 @@ class MessageKind(enum.IntEnum):
     INIT_FAILED = 4  #: the initializer raised; the payload is the pickled exception.
     SKIPPED = 5  #: the task was stopped before it started; it did not run.
     RETIRING = 6  #: over its memory limit: the worker exits after this message.
+    #: the worker's own loop raised outside any task (reading its inbox, for instance
+    #: ``MemoryError`` on an argument too large); the payload is the pickled exception,
+    #: and the worker exits with code 1 after this message.
+    LOOP_FAILED = 7
 
 
 class TaskRecord(NamedTuple):

@@ -4,6 +4,7 @@ A worker is deliberately simple and single-minded. It reads one batch of tasks a
 from its inbox, runs them in order, and writes one message per task to its outbox. Before a
 task runs, the worker records the task's id in a shared slot the parent can read, so if the
 worker dies the parent knows exactly which task was running and which were merely waiting.
+Out of work, it polls its inbox for a moment before it blocks (``_spin_wait``).
 
 It ignores SIGINT (the parent decides what Ctrl-C means), and it ends by itself when the
 parent dies: idle, it reads end-of-file on its inbox; busy, a watcher thread notices the
@@ -105,6 +106,14 @@ def worker_main(
         _serve(inbox, send, side_socket, running, state, config.max_tasks, config.max_memory)
     except (BrokenPipeError, ConnectionError):
         pass  # the parent is gone; nobody is left to tell
+    except Exception as exc:
+        # Outside any task: the parent can charge it to no task, but it can say why this
+        # worker died. The exception is raised again, so the worker exits with code 1.
+        try:
+            send(_describe_failure(MessageKind.LOOP_FAILED, 0, exc, 0.0))
+        except BaseException:
+            pass  # the parent is gone or the message cannot be built: the exit code remains
+        raise
 
 
 def _serve(

@@ -25,6 +25,7 @@ class WorkerHandle:
         "channel",
         "closing",
         "halted",
+        "loop_error",
         "pid",
         "process",
         "progress_at",
@@ -56,6 +57,8 @@ class WorkerHandle:
         self.writing = False  # its inbox is registered for write readiness
         self.reading = True  # its outbox is registered (until end-of-file)
         self.progress_at = 0.0  # when it last finished a task, or was given work while idle
+        #: What its loop raised outside any task, just before it exited (LOOP_FAILED).
+        self.loop_error: Optional[BaseException] = None
 
     @property
     def accepting(self) -> bool:

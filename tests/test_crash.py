@@ -88,8 +88,11 @@ def test_a_task_that_kills_every_worker_before_it_starts_is_failed(start_method:
         doomed = ex.submit(tasks.length, b"x" * (64 << 20))
         with pytest.raises(WorkerCrashedError, match="before it started") as info:
             doomed.result(timeout=60)
-        assert "length" in str(info.value) and "exited with code 1" in str(info.value)
+        assert "length" in str(info.value) and "exited with code 1 (MemoryError)" in str(info.value)
         assert info.value.exitcode == 1
+        # The worker said why it died: its exception, with its traceback, is the cause.
+        assert isinstance(info.value.__cause__, MemoryError)
+        assert "next_frame" in str(info.value.__cause__.__cause__)
         # Smaller tasks still run in workers under the same limit.
         assert [f.result(timeout=30) for f in [ex.submit(tasks.square, i) for i in range(8)]] == [
             i * i for i in range(8)
