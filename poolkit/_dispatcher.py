@@ -518,15 +518,11 @@ class Dispatcher:
             self._on_startup_death(worker, exitcode)
         requeue = []
         blamed = 0
-        # A worker that died on its own while running none of its tasks may have been killed
-        # by one of them before it started (reading an argument too large for its memory).
-        # Such a task is sent on a few times, then failed: resending it forever would hang.
-        unexplained = (
-            exitcode != 0
-            and not worker.halted
-            and self._forced_by is None
-            and not any(task.task_id == crashed_id for task in worker.assigned)
-        )
+        died_on_its_own = exitcode != 0 and not worker.halted and self._forced_by is None
+        # A worker that died on its own while running no task may have been killed by one it
+        # held before that task started (reading an argument too large for its memory). Such
+        # a task is sent on a few times, then failed: resending it forever would hang.
+        unexplained = died_on_its_own and not crashed_id
         for task in worker.assigned:
             if task.task_id == crashed_id:
                 blamed += 1
@@ -547,7 +543,7 @@ class Dispatcher:
                 task.unstarted_deaths += unexplained
                 requeue.append(task)  # taken but not started: another worker runs it
         self.pending.extendleft(reversed(requeue))
-        if blamed or (requeue and exitcode != 0 and not worker.halted and not self._forced_by):
+        if blamed or (requeue and died_on_its_own):
             logger.warning(
                 "poolkit worker %d %s%s; %d task(s) failed, %d requeued",
                 worker.pid,

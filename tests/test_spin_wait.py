@@ -1,7 +1,7 @@
 """The worker's brief spin before a blocking read: it must notice data and end-of-file.
 
-The spin budgets here are an hour, so a spin that missed the pipe becoming ready would run
-into the test's timeout instead of passing by falling back to the blocking read.
+The spinning tests give the spin an hour, so a spin that missed the pipe becoming ready
+would run into the test's timeout instead of passing by falling back to the blocking read.
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ def pipe() -> Iterator[tuple[int, int]]:
             pass  # the test closed it
 
 
-def _read_in_thread(source: BlockingFrameSource) -> tuple[threading.Thread, list[object]]:
+def _waiting_reader(read_end: int, seconds: float) -> tuple[threading.Thread, list[object]]:
+    """A thread reading one frame, returned once its wait has begun, and its outcome."""
+    spin = _ObservedSpin(read_end, seconds)
+    source = BlockingFrameSource(read_end, spin)
     outcome: list[object] = []
 
     def read() -> None:
@@ -56,15 +59,14 @@ def _read_in_thread(source: BlockingFrameSource) -> tuple[threading.Thread, list
 
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
+    assert spin.waiting.wait(10)
     return thread, outcome
 
 
 @pytest.mark.timeout(30)
 def test_a_frame_written_during_the_spin_is_read(pipe: tuple[int, int]) -> None:
     read_end, write_end = pipe
-    spin = _ObservedSpin(read_end, AN_HOUR)
-    thread, outcome = _read_in_thread(BlockingFrameSource(read_end, spin))
-    assert spin.waiting.wait(10)
+    thread, outcome = _waiting_reader(read_end, AN_HOUR)
     body = b"the next batch"
     os.write(write_end, frame_header(len(body)) + body)
     thread.join(20)
@@ -74,9 +76,7 @@ def test_a_frame_written_during_the_spin_is_read(pipe: tuple[int, int]) -> None:
 @pytest.mark.timeout(30)
 def test_end_of_file_during_the_spin_ends_the_read(pipe: tuple[int, int]) -> None:
     read_end, write_end = pipe
-    spin = _ObservedSpin(read_end, AN_HOUR)
-    thread, outcome = _read_in_thread(BlockingFrameSource(read_end, spin))
-    assert spin.waiting.wait(10)
+    thread, outcome = _waiting_reader(read_end, AN_HOUR)
     os.close(write_end)  # the parent went away
     thread.join(20)
     assert len(outcome) == 1 and isinstance(outcome[0], EOFError)
@@ -98,11 +98,9 @@ def test_a_buffered_frame_needs_no_wait(pipe: tuple[int, int]) -> None:
 @pytest.mark.timeout(30)
 def test_a_zero_budget_goes_straight_to_the_blocking_read(pipe: tuple[int, int]) -> None:
     read_end, write_end = pipe
-    spin = _ObservedSpin(read_end, 0.0)
-    thread, outcome = _read_in_thread(BlockingFrameSource(read_end, spin))
-    assert spin.waiting.wait(10)
+    spin = SpinWait(read_end, 0.0)
+    spin.before_read()  # returns at once, with nothing to read
+    assert spin._poll is None  # never polled
     body = b"x" * 100
     os.write(write_end, frame_header(len(body)) + body)
-    thread.join(20)
-    assert outcome == [body]
-    assert spin._poll is None  # never polled
+    assert bytes(BlockingFrameSource(read_end, spin).next_frame()) == body
