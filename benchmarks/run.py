@@ -58,6 +58,10 @@ through a Connection; *map in large chunks* and *map with default arguments* are
 in-process `map`; *CPU scaling* is the ideal (one per worker); *payload* is a raw pipe; the
 *numpy array round trip* sends the array's bytes to a forked child and back over raw pipes;
 *memory* is as many bare idle processes as the pool has workers.
+*Respawn* runs from the moment the killed worker has exited (its pidfd turns readable; the
+kernel's teardown of the victim comes first and no pool can see the death sooner) to the
+moment a task starts on the replacement, stamped by that worker with the system-wide
+monotonic clock; its floor is one bare `Process` started and answering.
 *Map with default arguments* calls each pool's `map` without a chunksize: the header of the
 results names each pool's default. *Memory* counts every process below the measuring one once
 the pool is idle: the parent, the workers, and the helpers kept alive for the pool (poolkit's

@@ -51,3 +51,18 @@ def signal_mask(mask: AbstractSet[int]) -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Block every asynchronous signal in the calling thread for the block.
+
+    A thread started inside it inherits the mask, so it never takes a signal, not even
+    before it runs its first line.
+    """
+    previous = leave_signals_to_other_threads()
+    try:
+        yield
+    finally:
+        if _SUPPORTED:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)

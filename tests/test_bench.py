@@ -274,6 +274,16 @@ def test_array_without_numpy_is_skipped_with_a_note(
     assert "numpy is not installed" in result.to_text() and not result.problems
 
 
+def test_respawn_is_timed_from_the_death_to_a_task_on_the_replacement() -> None:
+    values = measure("respawn", "poolkit", kills=2)["values"]
+    # From the death, not the kill, to a task's start on the new worker: a positive time,
+    # shorter than the measurement's own limit.
+    assert 0 < values["respawn_ms"] < 5000
+    assert measure("respawn", "floor", kills=2)["values"]["respawn_ms"] > 0
+    stdlib = measure("respawn", "stdlib", kills=1)
+    assert "cannot go on after a worker's death (BrokenProcessPool)" in stdlib["note"]
+
+
 def test_memory_floor_counts_bare_processes_like_a_pool() -> None:
     values = measure("memory", "floor")["values"]
     assert values["processes"] >= 2 and values["worker_mib"] > 0

@@ -89,7 +89,14 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "respawn",
         "respawn",
-        (Metric("respawn_ms", "respawn: SIGKILL -> task on the replacement", "ms", False),),
+        (
+            Metric(
+                "respawn_ms",
+                "respawn: worker's death -> task starts on the replacement",
+                "ms",
+                False,
+            ),
+        ),
         {"kills": 3},
         {"kills": 1},
     ),

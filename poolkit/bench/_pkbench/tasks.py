@@ -26,10 +26,15 @@ def getpid() -> int:
     return os.getpid()
 
 
-def sleep_pid(seconds: float) -> int:
-    """Sleep briefly, then return the worker's pid (spreads a wave over every worker)."""
+def sleep_pid(seconds: float) -> tuple[int, float]:
+    """Sleep briefly (spreads a wave over every worker); return the pid and when it started.
+
+    The start is read from ``time.perf_counter``, which on Linux is the system-wide
+    monotonic clock, so the process that submitted the task can compare it with its own.
+    """
+    started = time.perf_counter()
     time.sleep(seconds)
-    return os.getpid()
+    return os.getpid(), started
 
 
 def burn(loops: int) -> int:

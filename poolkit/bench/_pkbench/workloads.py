@@ -7,13 +7,16 @@ except for the cold start, whose whole point is the first call.
 
 from __future__ import annotations
 
+import collections
 import gc
 import importlib
 import math
 import os
+import select
 import signal
 import statistics
 import time
+from collections.abc import Set as AbstractSet
 from concurrent import futures
 from typing import Any, Callable, Optional
 
@@ -38,11 +41,14 @@ class Measured(Exception):
 def until_pids(
     pool: PoolAdapter,
     count: int,
-    known: frozenset[int] = frozenset(),
+    known: AbstractSet[int] = frozenset(),
     timeout: float = READY_TIMEOUT,
-) -> set[int]:
-    """Run waves of short tasks until ``count`` distinct worker pids not in ``known`` answered."""
-    seen: set[int] = set()
+) -> dict[int, float]:
+    """Run waves of short tasks until ``count`` distinct worker pids not in ``known`` answered.
+
+    Returns each new pid with the moment (``time.perf_counter``) its first task started.
+    """
+    seen: dict[int, float] = {}
     deadline = time.perf_counter() + timeout
     while len(seen) < count:
         if time.perf_counter() > deadline:
@@ -50,13 +56,13 @@ def until_pids(
         handles = [pool.submit(tasks.sleep_pid, WAVE_SLEEP) for _ in range(pool.workers)]
         for handle in handles:
             try:
-                pid = pool.wait(handle, max(0.0, deadline - time.perf_counter()))
+                pid, started = pool.wait(handle, max(0.0, deadline - time.perf_counter()))
             except (TimeoutError, futures.TimeoutError):
                 # A pool can hang for good after a worker's death (multiprocessing.Pool
                 # does when the killed worker held its task queue's lock).
                 raise Measured(f"the pool hung: no result within {timeout:g} s") from None
             if pid not in known:
-                seen.add(pid)
+                seen[pid] = min(started, seen.get(pid, started))
     return seen
 
 
@@ -76,24 +82,71 @@ def measure_cold(factory: Factory, params: dict[str, Any]) -> Values:
 
 
 def measure_respawn(pool: PoolAdapter, params: dict[str, Any]) -> Values:
-    """SIGKILL an idle worker; time until a task has run on its replacement."""
+    """SIGKILL an idle worker; time from its death until a task starts on its replacement.
+
+    The clock starts when the killed process has exited (its pidfd is readable), not at the
+    kill: the kernel's teardown of the victim comes before any pool can see the death. It
+    stops at the start of the first task on the new worker, stamped in that worker, so the
+    task's own sleep and the result's way back are not counted either.
+    """
     known = frozenset(until_pids(pool, pool.workers))
     samples = []
     for _ in range(int(params.get("kills", 3))):
         victim = min(known)
-        os.kill(victim, signal.SIGKILL)
-        started = time.perf_counter()
+        died = _kill_and_see_exit(victim)
         try:
-            fresh = until_pids(pool, 1, known, timeout=RESPAWN_TIMEOUT)
+            pid, started = _first_task_on_a_new_worker(pool, known)
         except Measured as exc:
             raise Measured(f"after a worker's death: {exc}") from None
         except Exception as exc:
             raise Measured(
                 f"the pool cannot go on after a worker's death ({type(exc).__name__})"
             ) from None
-        samples.append(time.perf_counter() - started)
-        known = frozenset((known - {victim}) | fresh)
+        samples.append(started - died)
+        known = frozenset((known - {victim}) | {pid})
     return {"respawn_ms": statistics.median(samples) * 1e3}
+
+
+def _first_task_on_a_new_worker(pool: PoolAdapter, known: frozenset[int]) -> tuple[int, float]:
+    """Keep one short task more than the pool has workers in flight until one runs elsewhere.
+
+    A stream rather than waves: a replacement that comes up while a wave is held by the
+    surviving workers would otherwise wait for the next wave. Returns the new worker's pid
+    and the earliest start of a task on it; every task submitted has ended on return.
+    """
+    deadline = time.perf_counter() + RESPAWN_TIMEOUT
+    in_flight = collections.deque(
+        pool.submit(tasks.sleep_pid, WAVE_SLEEP) for _ in range(pool.workers + 1)
+    )
+    found: dict[int, float] = {}
+    while in_flight:
+        try:
+            pid, started = pool.wait(in_flight.popleft(), max(0.0, deadline - time.perf_counter()))
+        except (TimeoutError, futures.TimeoutError):
+            raise Measured(f"the pool hung: no result within {RESPAWN_TIMEOUT:g} s") from None
+        if pid not in known:
+            found[pid] = min(started, found.get(pid, started))
+        elif not found:
+            if time.perf_counter() > deadline:
+                raise Measured(f"no new worker answered within {RESPAWN_TIMEOUT:g} s")
+            in_flight.append(pool.submit(tasks.sleep_pid, WAVE_SLEEP))
+    pid = min(found, key=found.__getitem__)
+    return pid, found[pid]
+
+
+def _kill_and_see_exit(pid: int) -> float:
+    """SIGKILL ``pid``; return the moment its exit was seen (the kill's, without pidfds)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        os.kill(pid, signal.SIGKILL)
+        return time.perf_counter()
+    try:
+        os.kill(pid, signal.SIGKILL)
+        select.select([pidfd], [], [], RESPAWN_TIMEOUT)
+        return time.perf_counter()
+    finally:
+        os.close(pidfd)
 
 
 def measure_latency(pool: PoolAdapter, params: dict[str, Any]) -> Values:
@@ -235,10 +288,10 @@ def measure_memory(pool: PoolAdapter, params: dict[str, Any]) -> Values:
     workers = until_pids(pool, pool.workers)
     gc.collect()
     time.sleep(0.05)
-    return memory_values(workers)
+    return memory_values(workers.keys())
 
 
-def memory_values(workers: set[int]) -> Values:
+def memory_values(workers: AbstractSet[int]) -> Values:
     """Memory of this process and of every process below it, alive now.
 
     ``workers`` are the pids that ran tasks; every other process below this one is a helper
@@ -246,7 +299,7 @@ def memory_values(workers: set[int]) -> Values:
     resource tracker. The totals count them all: the machine pays for each.
     """
     parent = os.getpid()
-    below = sorted(set(procfs.descendants(parent)) | workers)
+    below = sorted(set(procfs.descendants(parent)) | set(workers))
     rss = {pid: procfs.memory_mib(pid) for pid in [parent, *below]}
     # A process that ended between the listing and the reading uses no memory any more.
     tree = [parent, *(p for p in below if rss[p] is not None or procfs.read_stat(p) is not None)]
