@@ -82,6 +82,15 @@ PASS and MISS are computed from the results below (`poolkit/bench/_goals.py`); n
 carried over from another run.
 """
 QUICK_NOTE = "\nThis was a `--quick` run: small sizes, one round; the ratios are indicative only.\n"
+FORK_NOTE = """
+The fork backend forks its workers' replacements from a template process, never from the
+threaded parent (a child forked while another thread holds a lock, such as the one of
+`sys.stdout`, can deadlock). Where the fork column misses cold start, respawn or memory,
+[docs/performance.md](performance.md#fork-where-cold-start-respawn-and-memory-go) measures,
+step by step, where the time and the memory go.
+"""
+#: The fork targets FORK_NOTE explains.
+FORK_NOTE_WORKLOADS = {"cold", "respawn", "memory"}
 
 
 def write_doc(
@@ -91,6 +100,11 @@ def write_doc(
     parts = [INTRO.format(command=command)]
     if checks:
         parts += [TARGETS, _goals.render_markdown(result, checks)]
+        if any(
+            c.method == "fork" and c.verdict == "MISS" and c.goal.workload in FORK_NOTE_WORKLOADS
+            for c in checks
+        ):
+            parts.append(FORK_NOTE)
         if result.quick:
             parts.append(QUICK_NOTE)
     if chart:
@@ -101,10 +115,12 @@ def write_doc(
         out.write("\n".join(parts))
 
 
-def write_json(result: BenchResult, checks: list[Check], path: str) -> None:
-    """The result as ``BenchResult.to_dict`` gives it, with the targets' checks added."""
+def write_json(result: BenchResult, checks: list[Check], command: str, path: str) -> None:
+    """The result as ``BenchResult.to_dict`` gives it, with the targets' checks and the
+    command that measured it added."""
     data = result.to_dict()
     data["targets"] = [found.to_dict() for found in checks]
+    data["command"] = command
     with open(path, "w") as out:
         json.dump(data, out, indent=1)
         out.write("\n")
@@ -179,6 +195,26 @@ def _worse(now: float, before: float, higher_is_better: bool) -> float:
     return -change if higher_is_better else change
 
 
+def render(saved_path: str, out: str, png: Optional[str]) -> int:
+    """Write the page of a saved run again, with this version's prose; targets recomputed."""
+    with open(saved_path) as source:
+        data = json.load(source)
+    result = BenchResult.from_dict(data)
+    command = data.get("command", "python benchmarks/run.py")
+    png_path: Optional[str] = png or os.path.splitext(out)[0] + ".png"
+    try:
+        from poolkit.bench._plot import PlotUnavailable, plot
+
+        assert png_path is not None
+        plot(result, png_path)
+    except PlotUnavailable as exc:
+        print(f"no chart: {exc}", file=sys.stderr)
+        png_path = png_path if png_path and os.path.exists(png_path) else None
+    write_doc(result, _goals.evaluate(result), command, out, png_path)
+    print(f"wrote {out}" + (f", {png_path}" if png_path else ""))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the suite and write the docs; returns 1 if --compare found a regression."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -192,7 +228,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", default=None, help="default: next to --out, .json")
     parser.add_argument("--png", default=None, help="default: next to --out, .png")
     parser.add_argument("--compare", metavar="SAVED.json", help="flag >20%% regressions")
+    parser.add_argument(
+        "--render",
+        metavar="SAVED.json",
+        help="measure nothing: write the Markdown page (and chart) again from a saved run",
+    )
     options = parser.parse_args(argv)
+    if options.render:
+        return render(options.render, options.out, options.png)
     command = "python benchmarks/run.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     saved = load_saved(options.compare, options.quick, options.workers) if options.compare else None
     result = poolkit.bench.run(
@@ -214,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     json_path = options.json or stem + ".json"
     png_path: Optional[str] = options.png or stem + ".png"
     regressions, unmatched, drifted = compare(result, saved) if saved else ([], [], [])
-    write_json(result, checks, json_path)
+    write_json(result, checks, command, json_path)
     try:
         from poolkit.bench._plot import PlotUnavailable, plot
 

@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 from typing import Any, NoReturn
 
@@ -67,6 +68,18 @@ def sleep_then(seconds: float, value: Any) -> Any:
 def sleep_getpid(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
+
+
+def thread_signal_masks() -> tuple[int, list[int]]:
+    """The blocked-signal masks (SigBlk) of this thread and of the process's other threads."""
+    own = threading.get_native_id()
+    masks = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/status") as status:
+            for line in status:
+                if line.startswith("SigBlk:"):
+                    masks[int(tid)] = int(line.split()[1], 16)
+    return masks.pop(own), list(masks.values())
 
 
 def signal_and_wait(ready_fifo: str, release_fifo: str, value: Any = None) -> Any:

@@ -506,3 +506,37 @@ def test_suite_writes_targets_and_exits_non_zero_on_a_regression(
     saved.write_text(json.dumps(synthetic(values, methods=("fork",), quick=True).to_dict()))
     with pytest.raises(SystemExit, match="sizes differ"):
         suite.main(["--compare", str(saved), "--out", str(out)])
+
+
+def test_render_rewrites_the_page_of_a_saved_run_without_measuring(
+    suite: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_run(**_: Any) -> None:
+        raise AssertionError("--render measured something")
+
+    def no_chart(*_: Any) -> None:
+        raise _plot.PlotUnavailable("no chart in this test")
+
+    monkeypatch.setattr(poolkit.bench, "run", no_run)
+    monkeypatch.setattr(_plot, "plot", no_chart)
+    values = {
+        ("respawn", "respawn_ms", "fork", "poolkit"): 4.0,
+        ("respawn", "respawn_ms", "fork", "floor"): 2.0,  # 2x: over the 1.5x bound
+        ("burst", "rate", "fork", "poolkit"): 40000.0,
+        ("burst", "rate", "fork", "stdlib"): 4000.0,
+    }
+    data = synthetic(values, methods=("fork",)).to_dict()
+    data["command"] = "python benchmarks/run.py --repeat 5"
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(data))
+    out = tmp_path / "page.md"
+    assert suite.main(["--render", str(saved), "--out", str(out)]) == 0
+    doc = out.read_text()
+    assert "python benchmarks/run.py --repeat 5" in doc
+    assert "2.00x MISS" in doc and "**10.00x PASS**" in doc
+    assert "performance.md#fork-where-cold-start-respawn-and-memory-go" in doc
+    # Without a fork miss of those three, the page does not explain one.
+    values["respawn", "respawn_ms", "fork", "poolkit"] = 2.5
+    saved.write_text(json.dumps(synthetic(values, methods=("fork",)).to_dict()))
+    assert suite.main(["--render", str(saved), "--out", str(out)]) == 0
+    assert "performance.md#fork" not in out.read_text()

@@ -193,3 +193,16 @@ def test_an_interrupted_direct_send_loses_no_worker_and_no_task(
         assert ex.submit(tasks.square, 5).result(timeout=30) == 25
     # The interrupted task had not reached the worker: it ran once, on the replacement.
     assert marker.read_text() == "ran"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_a_worker_leaves_every_signal_to_the_thread_that_runs_tasks(start_method: str) -> None:
+    # The worker's parent watcher must never take a signal meant for a task's handler: only
+    # the thread that receives a signal has its blocking call interrupted.
+    with Executor(1, start_method=start_method) as ex:
+        own, others = ex.submit(tasks.thread_signal_masks).result()
+    assert others, "the worker has no parent watcher thread"
+    wanted = [signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGUSR1, signal.SIGCHLD]
+    for mask in others:
+        assert all(mask & (1 << (s - 1)) for s in wanted), hex(mask)
+    assert not any(own & (1 << (s - 1)) for s in wanted), hex(own)

@@ -248,7 +248,8 @@ def test_auto_chunk_sizes_follow_measurements() -> None:
     for size in (8, 64, 512, 4096):
         auto.observe(size, size * 1e-7)
     assert auto.next_size(None) == _chunking.AUTO_MAX_ITEMS  # huge chunks are capped
-    assert auto.next_size(100) == 25  # the tail is shared among the workers
+    assert auto.next_size(10**9) == _chunking.AUTO_MAX_ITEMS
+    assert auto.next_size(100) == 100  # 10 µs of work: one chunk, not split for balance
     for _ in range(40):  # the tasks became slow: 5 ms each
         auto.observe(2, 0.01)
     assert auto.next_size(None) == int(_chunking.AUTO_TARGET_SECONDS / 0.005)
@@ -256,6 +257,20 @@ def test_auto_chunk_sizes_follow_measurements() -> None:
     for _ in range(20):
         auto.observe(1, 1e-7)
     assert auto.next_size(None) == 1
+
+
+def test_auto_chunks_share_the_tail_down_to_a_floor_of_work() -> None:
+    auto = _chunking.AutoChunks(workers=2)
+    for _ in range(10):
+        auto.observe(64, 64 * 1e-4)  # 0.1 ms per item: 200 items make the 20 ms target
+    per_item = auto.seconds_per_item
+    assert per_item == pytest.approx(1e-4)
+    assert auto.next_size(None) == int(_chunking.AUTO_TARGET_SECONDS / per_item)  # ~200
+    assert auto.next_size(100) == 25  # the tail is shared among the workers (100 / (2*2))
+    floor = int(_chunking.AUTO_TAIL_SECONDS / per_item)  # ~20 items: 2 ms of work
+    assert 15 < floor < 60
+    assert auto.next_size(60) == floor  # a share of 15 would be shorter than the floor
+    assert auto.next_size(7) == 7  # never more than what is left
 
 
 # ----------------------------------------------------------------------------- errors
