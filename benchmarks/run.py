@@ -195,23 +195,29 @@ def _worse(now: float, before: float, higher_is_better: bool) -> float:
     return -change if higher_is_better else change
 
 
+def write_chart(result: BenchResult, path: str) -> Optional[str]:
+    """Draw the chart at ``path`` and return it; None (and why, on stderr) without one."""
+    try:
+        from poolkit.bench._plot import PlotUnavailable, plot
+
+        plot(result, path)
+    except PlotUnavailable as exc:
+        print(f"no chart: {exc}", file=sys.stderr)
+        return None
+    return path
+
+
 def render(saved_path: str, out: str, png: Optional[str]) -> int:
     """Write the page of a saved run again, with this version's prose; targets recomputed."""
     with open(saved_path) as source:
         data = json.load(source)
     result = BenchResult.from_dict(data)
     command = data.get("command", "python benchmarks/run.py")
-    png_path: Optional[str] = png or os.path.splitext(out)[0] + ".png"
-    try:
-        from poolkit.bench._plot import PlotUnavailable, plot
-
-        assert png_path is not None
-        plot(result, png_path)
-    except PlotUnavailable as exc:
-        print(f"no chart: {exc}", file=sys.stderr)
-        png_path = png_path if png_path and os.path.exists(png_path) else None
-    write_doc(result, _goals.evaluate(result), command, out, png_path)
-    print(f"wrote {out}" + (f", {png_path}" if png_path else ""))
+    png_path = png or os.path.splitext(out)[0] + ".png"
+    # Without matplotlib, the page keeps pointing at the chart drawn when the run was made.
+    chart = write_chart(result, png_path) or (png_path if os.path.exists(png_path) else None)
+    write_doc(result, _goals.evaluate(result), command, out, chart)
+    print(f"wrote {out}" + (f", {chart}" if chart else ""))
     return 0
 
 
@@ -255,19 +261,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
     stem = os.path.splitext(options.out)[0]
     json_path = options.json or stem + ".json"
-    png_path: Optional[str] = options.png or stem + ".png"
     regressions, unmatched, drifted = compare(result, saved) if saved else ([], [], [])
     write_json(result, checks, command, json_path)
-    try:
-        from poolkit.bench._plot import PlotUnavailable, plot
-
-        assert png_path is not None
-        plot(result, png_path)
-    except PlotUnavailable as exc:
-        print(f"no chart: {exc}", file=sys.stderr)
-        png_path = None
-    write_doc(result, checks, command, options.out, png_path)
-    print(f"wrote {options.out}, {json_path}" + (f", {png_path}" if png_path else ""))
+    chart = write_chart(result, options.png or stem + ".png")
+    write_doc(result, checks, command, options.out, chart)
+    print(f"wrote {options.out}, {json_path}" + (f", {chart}" if chart else ""))
     if unmatched:
         print(f"not in {options.compare}, not compared: {'; '.join(unmatched)}")
     for line in drifted:

@@ -276,9 +276,8 @@ def test_array_without_numpy_is_skipped_with_a_note(
 
 def test_respawn_is_timed_from_the_death_to_a_task_on_the_replacement() -> None:
     values = measure("respawn", "poolkit", kills=2)["values"]
-    # From the death, not the kill, to a task's start on the new worker: a positive time,
-    # shorter than the measurement's own limit.
-    assert 0 < values["respawn_ms"] < 5000
+    # From the death, not the kill, to a task's start on the new worker: after the death.
+    assert values["respawn_ms"] > 0
     assert measure("respawn", "floor", kills=2)["values"]["respawn_ms"] > 0
     stdlib = measure("respawn", "stdlib", kills=1)
     assert "cannot go on after a worker's death (BrokenProcessPool)" in stdlib["note"]

@@ -16,7 +16,6 @@ import select
 import signal
 import statistics
 import time
-from collections.abc import Set as AbstractSet
 from concurrent import futures
 from typing import Any, Callable, Optional
 
@@ -41,14 +40,11 @@ class Measured(Exception):
 def until_pids(
     pool: PoolAdapter,
     count: int,
-    known: AbstractSet[int] = frozenset(),
+    known: frozenset[int] = frozenset(),
     timeout: float = READY_TIMEOUT,
-) -> dict[int, float]:
-    """Run waves of short tasks until ``count`` distinct worker pids not in ``known`` answered.
-
-    Returns each new pid with the moment (``time.perf_counter``) its first task started.
-    """
-    seen: dict[int, float] = {}
+) -> set[int]:
+    """Run waves of short tasks until ``count`` distinct worker pids not in ``known`` answered."""
+    seen: set[int] = set()
     deadline = time.perf_counter() + timeout
     while len(seen) < count:
         if time.perf_counter() > deadline:
@@ -56,13 +52,13 @@ def until_pids(
         handles = [pool.submit(tasks.sleep_pid, WAVE_SLEEP) for _ in range(pool.workers)]
         for handle in handles:
             try:
-                pid, started = pool.wait(handle, max(0.0, deadline - time.perf_counter()))
+                pid, _started = pool.wait(handle, max(0.0, deadline - time.perf_counter()))
             except (TimeoutError, futures.TimeoutError):
                 # A pool can hang for good after a worker's death (multiprocessing.Pool
                 # does when the killed worker held its task queue's lock).
                 raise Measured(f"the pool hung: no result within {timeout:g} s") from None
             if pid not in known:
-                seen[pid] = min(started, seen.get(pid, started))
+                seen.add(pid)
     return seen
 
 
@@ -288,10 +284,10 @@ def measure_memory(pool: PoolAdapter, params: dict[str, Any]) -> Values:
     workers = until_pids(pool, pool.workers)
     gc.collect()
     time.sleep(0.05)
-    return memory_values(workers.keys())
+    return memory_values(workers)
 
 
-def memory_values(workers: AbstractSet[int]) -> Values:
+def memory_values(workers: set[int]) -> Values:
     """Memory of this process and of every process below it, alive now.
 
     ``workers`` are the pids that ran tasks; every other process below this one is a helper
@@ -299,7 +295,7 @@ def memory_values(workers: AbstractSet[int]) -> Values:
     resource tracker. The totals count them all: the machine pays for each.
     """
     parent = os.getpid()
-    below = sorted(set(procfs.descendants(parent)) | set(workers))
+    below = sorted(set(procfs.descendants(parent)) | workers)
     rss = {pid: procfs.memory_mib(pid) for pid in [parent, *below]}
     # A process that ended between the listing and the reading uses no memory any more.
     tree = [parent, *(p for p in below if rss[p] is not None or procfs.read_stat(p) is not None)]
