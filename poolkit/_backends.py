@@ -15,20 +15,26 @@ process object (``pid``, ``sentinel``, ``exitcode``, ``terminate``, ``kill``, ``
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, ClassVar, Optional, Protocol
 
-from ._fork_template import ForkTemplate
+from ._fork_template import ForkTemplate, TemplateFailed
 from ._fork_template import supported as template_supported
 
+logger = logging.getLogger(__name__)
+
 _WORKER_MODULE = "poolkit._worker"
+#: Imported by the fork server only: it makes the server end with the parent.
+_SERVER_WATCH_MODULE = "poolkit._forkserver_watch"
 
 
 class WorkerProcess(Protocol):
@@ -60,6 +66,15 @@ class Backend:
     def close(self) -> None:
         """Release what the backend holds; called after the last worker has exited."""
 
+    def death_signal_safe(self, long_lived_thread: bool) -> bool:
+        """May a worker started now arm the parent-death signal (``_parent_watch``)?
+
+        Linux sends it when the *thread* that forked the worker ends: only safe when the
+        calling thread outlives the worker. A backend whose workers have another parent
+        says so.
+        """
+        return long_lived_thread
+
     def start_worker(
         self, target: Callable[..., Any], args: tuple[Any, ...], name: str
     ) -> WorkerProcess:
@@ -86,22 +101,54 @@ class ForkBackend(Backend):
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
         self._template: Optional[ForkTemplate] = None
+        #: Starts the replacements once the template is lost (see start_worker).
+        self._fallback: Optional[Backend] = None
 
     def prepare_respawns(self, target: Callable[..., Any], config_blob: bytes) -> None:
         if template_supported():
             self._template = ForkTemplate(self.context, target, config_blob)
 
+    def death_signal_safe(self, long_lived_thread: bool) -> bool:
+        if self._fallback is not None:
+            return self._fallback.death_signal_safe(long_lived_thread)
+        # The template's workers are armed by the template (against nobody: see
+        # _fork_template); the first workers are forks of the calling thread.
+        return long_lived_thread
+
     def start_worker(
         self, target: Callable[..., Any], args: tuple[Any, ...], name: str
     ) -> WorkerProcess:
+        if self._fallback is not None:
+            return self._fallback.start_worker(target, args, name)
         if self._template is None:
             return super().start_worker(target, args, name)
-        return self._template.start_worker(args)
+        try:
+            return self._template.start_worker(args)
+        except TemplateFailed as exc:
+            # Killed, stopped or gone: forking the parent instead is not safe now that
+            # the dispatcher thread runs, so replacements come from a clean process.
+            self._fallback = _fallback_backend()
+            message = (
+                f"{exc}; replacement workers of this pool now start with "
+                f"{self._fallback.name!r} (they import the main module like any "
+                f"{self._fallback.name} worker)"
+            )
+            logger.warning("poolkit: %s", message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            return self._fallback.start_worker(target, args, name)
 
     def close(self) -> None:
         if self._template is not None:
             self._template.close()
             self._template = None
+        if self._fallback is not None:
+            self._fallback.close()
+
+
+def _fallback_backend() -> Backend:
+    """The backend that starts a fork pool's replacements once its template is lost."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return _BACKENDS[method](multiprocessing.get_context(method))
 
 
 class SpawnBackend(Backend):
@@ -120,7 +167,10 @@ class ForkserverBackend(Backend):
 
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
-        _add_forkserver_preload(_WORKER_MODULE)
+        _add_forkserver_preload(_WORKER_MODULE, _SERVER_WATCH_MODULE)
+
+    def death_signal_safe(self, long_lived_thread: bool) -> bool:
+        return True  # the fork server's single thread forks every worker
 
     def _starting(self) -> ContextManager[None]:
         return _unimportable_main_hidden()
@@ -151,13 +201,16 @@ def _unimportable_main_hidden() -> Iterator[None]:
             main.__file__ = path
 
 
-def _add_forkserver_preload(module: str) -> None:
+def _add_forkserver_preload(*modules: str) -> None:
     # The preload list belongs to the process-wide fork server and only matters before the
     # server starts; keep whatever the user (or the stdlib default, "__main__") put there.
-    server = multiprocessing.forkserver._forkserver
+    # Private names of multiprocessing.forkserver (3.9-3.13; re-check on a new version):
+    # without them, nothing is added, and workers start without the preload.
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
     current = list(getattr(server, "_preload_modules", ["__main__"]))
-    if module not in current and getattr(server, "_forkserver_pid", None) is None:
-        multiprocessing.forkserver.set_forkserver_preload([*current, module])
+    missing = [module for module in modules if module not in current]
+    if missing and server is not None and getattr(server, "_forkserver_pid", None) is None:
+        multiprocessing.forkserver.set_forkserver_preload([*current, *missing])
 
 
 _BACKENDS: dict[str, type[Backend]] = {

@@ -56,19 +56,31 @@ from ._errors import (
     describe_exit,
     name_exception,
     not_run_error,
+    safe_str,
+    set_cause,
     unstarted_crash_error,
 )
 from ._halting import TaskDeadlines, halt_task, kill_group, stopped_error, timeout_error
-from ._messages import Buffer, MessageKind, WorkerMessage, batch_prefix, decode_message
+from ._messages import (
+    Buffer,
+    FrameError,
+    MessageKind,
+    WorkerMessage,
+    batch_prefix,
+    decode_message,
+)
 from ._oob import open_buffers
 from ._stopping import GraceClock
 from ._tasks import TaskState, fail, rebuild_exception, resolve
 from ._thread_signals import leave_signals_to_other_threads, signal_mask
 from ._transport import register_parent_fd, unregister_parent_fd
 from ._worker import worker_main
-from ._workers import UNSTARTED_DEATH_LIMIT, StartupFailures, WorkerHandle
+from ._workers import UNSTARTED_DEATH_LIMIT, StartupFailures, WorkerHandle, reap
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a worker may live on after its result pipe hung up before the pool kills it.
+_HANG_UP_GRACE = 2.0
 
 #: A thread submitting a burst lets the dispatcher run once per this many queued tasks.
 YIELD_EVERY = 64
@@ -99,6 +111,11 @@ class Dispatcher:
         register_parent_fd(self._selector.fileno())
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
         self._wake_signalled = False
+        #: Held while writing to ``_wake_w`` and while closing it. Without it, a caller could
+        #: write its byte after the dispatcher closed the pipe and the number went to another
+        #: pipe (another pool's worker inbox, say), which would read the byte as its own.
+        #: Reentrant: a signal handler in the thread that holds it may wake the pool too.
+        self._wake_lock = threading.RLock()
         #: Held by the dispatcher thread except while it waits in ``select``: a caller that
         #: takes it (never blocking) may hand a task straight to an idle worker.
         self._lock = threading.Lock()
@@ -117,6 +134,8 @@ class Dispatcher:
         self._task_seconds: Optional[float] = None  # moving average of task run time
         self._startup_failures = StartupFailures()
         self._deadlines = TaskDeadlines()  # of the running tasks with a time limit
+        #: pid -> when a worker whose result pipe hung up unasked counts as cut off from it.
+        self._hung_up: dict[int, float] = {}
         #: Futures whose running task the caller asked to stop (any thread appends).
         self._stop_requests: collections.deque[Future[Any]] = collections.deque()
 
@@ -200,10 +219,13 @@ class Dispatcher:
         # by the dispatcher before it drains the queue, so no wakeup is ever missed.
         if not self._wake_signalled:
             self._wake_signalled = True
-            try:
-                os.write(self._wake_w, b"\0")
-            except (BlockingIOError, OSError):
-                pass  # full (already awake) or closed (dispatcher gone)
+            with self._wake_lock:
+                if self._wake_w < 0:
+                    return  # closed: the dispatcher is gone
+                try:
+                    os.write(self._wake_w, b"\0")
+                except OSError:
+                    pass  # full (BlockingIOError): it is awake already
 
     def request_stop(self) -> None:
         """Finish every pending task, then stop the workers (any thread)."""
@@ -271,22 +293,40 @@ class Dispatcher:
                 for key, mask in events:
                     key.data(mask)
                 self._on_task_deadlines()
+                if self._hung_up:
+                    self._on_hang_ups()
                 self._grace.escalate_if_due(self._workers.values(), time.monotonic())
         except BaseException as exc:  # a bug here must not leave futures unresolved
-            logger.exception("poolkit dispatcher failed")
-            error = BrokenProcessPool(f"the poolkit dispatcher failed: {exc!r}")
-            error.__cause__ = exc
-            self._break(error)
-            for worker in list(self._workers.values()):
-                worker.signal(signal.SIGKILL)
-                worker.process.join()
-                self._release(worker)
+            self._on_own_failure(exc)
         finally:
-            self._fail_leftovers()
-            self._force_done.set()
-            self._backend.close()
+            # Each step on its own: one that fails must not skip the next (a future left
+            # unresolved, a descriptor left open).
+            for step in (self._fail_leftovers, self._force_done.set, self._backend.close):
+                try:
+                    step()
+                except BaseException:
+                    logger.exception("poolkit dispatcher cleanup: %s", step)
             self._close_fds()
             lock.release()
+
+    def _on_own_failure(self, exc: BaseException) -> None:
+        """The loop itself raised: break the pool, so every unfinished future resolves."""
+        try:
+            logger.exception("poolkit dispatcher failed")
+        except BaseException:
+            pass  # a logging handler that raises must not stop the cleanup
+        error = BrokenProcessPool(f"the poolkit dispatcher failed: {safe_str(exc, repr)}")
+        set_cause(error, exc)
+        try:
+            self._break(error)
+        finally:
+            for worker in list(self._workers.values()):
+                try:
+                    worker.signal(signal.SIGKILL)
+                    worker.process.join(5.0)
+                    self._release(worker)
+                except BaseException:
+                    logger.exception("poolkit dispatcher cleanup of worker %d", worker.pid)
 
     def _on_wakeup(self, mask: int) -> None:
         try:
@@ -316,6 +356,7 @@ class Dispatcher:
 
     def _select_timeout(self) -> Optional[float]:
         deadlines = [d for d in (self._grace.deadline, self._deadlines.next) if d is not None]
+        deadlines.extend(self._hung_up.values())
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -375,16 +416,44 @@ class Dispatcher:
     def _on_readable(self, worker: WorkerHandle, mask: int) -> None:
         if not worker.reading:
             return
-        frames, at_eof = worker.channel.reader.read_frames()
+        reader = worker.channel.reader
+        frames, at_eof = reader.read_frames()
         for frame in frames:
-            message = decode_message(frame)
+            try:
+                message = decode_message(frame)
+            except FrameError as exc:
+                self._on_channel_fault(worker, f"held {exc} (it begins {bytes(frame[:16])!r})")
+                return
+            if message.sender != worker.pid:
+                self._on_channel_fault(
+                    worker, f"held a message written by process {message.sender}, not the worker"
+                )
+                return
             if message.buffers is not None:
                 message = self._receive_buffers(worker, message)
             self._on_message(worker, message)
+        if reader.fault is not None:
+            self._on_channel_fault(worker, f"held {reader.fault}")
+            return
         if at_eof:
-            # The worker closed its end: it is exiting; its sentinel reports when it is gone.
+            # The worker closed its end: it is exiting, and its death descriptor reports when
+            # it is gone. Unless it is not: a task that closed or replaced the pipe leaves a
+            # worker that runs on and can never answer. It gets a moment to die on its own
+            # (the hang-up comes just before the exit) before it counts as a fault.
             self._selector.unregister(worker.channel.outbox_fd)
             worker.reading = False
+            if worker.assigned or not (worker.closing or worker.budget == 0):
+                self._hung_up[worker.pid] = time.monotonic() + _HANG_UP_GRACE
+
+    def _on_hang_ups(self) -> None:
+        now = time.monotonic()
+        for pid, due in list(self._hung_up.items()):
+            if due > now:
+                continue
+            del self._hung_up[pid]
+            worker = self._workers.get(pid)
+            if worker is not None and worker.fault is None:
+                self._on_channel_fault(worker, "was closed, and the worker ran on without it")
 
     def _receive_buffers(self, worker: WorkerHandle, message: WorkerMessage) -> WorkerMessage:
         # Taken off the side socket for every message that has them, in order, even one
@@ -398,12 +467,36 @@ class Dispatcher:
             return message._replace(buffers=None)
         return message._replace(buffers=buffers)
 
+    def _on_channel_fault(self, worker: WorkerHandle, reason: str) -> None:
+        """Bytes on a worker's result pipe that the worker did not write as a message.
+
+        A task wrote into the pipe, or a process it forked did: nothing more read from it
+        can be trusted. The fault is the worker's alone. It is killed with its process
+        group, and its death (``_on_worker_exit``) fails the task it had started, naming
+        the fault, and sends the others to other workers.
+        """
+        if worker.reading:
+            self._selector.unregister(worker.channel.outbox_fd)
+            worker.reading = False
+        if worker.fault is not None:
+            return
+        worker.fault = reason
+        # Answers arrive in order: the bytes came before the answer of the oldest task
+        # still unanswered, so that task's code (or what it started) wrote them.
+        worker.fault_task = worker.assigned[0].task_id if worker.assigned else 0
+        worker.closing = True
+        logger.warning("poolkit worker %d: its result pipe %s; killing it", worker.pid, reason)
+        kill_group(worker.pid)
+
     def _on_message(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         kind = message.kind
         if kind is MessageKind.RESULT or kind is MessageKind.ERROR:
             assigned = worker.assigned
             if assigned and assigned[0].task_id == message.task_id:
-                self._on_answer(worker, assigned.popleft(), message)
+                # Resolved while still in the list, then taken off: if resolving fails
+                # (it should not), the dispatcher's own failure path still settles it.
+                self._on_answer(worker, assigned[0], message)
+                assigned.popleft()
                 return
         if message.kind is MessageKind.READY:
             worker.ready = True
@@ -418,17 +511,22 @@ class Dispatcher:
         if message.kind is MessageKind.LOOP_FAILED:
             worker.loop_error = rebuild_exception(message, "the worker's exception")
             return
-        if not worker.assigned or worker.assigned[0].task_id != message.task_id:
+        # Answers are matched by id, not by order: the oldest task may have lost its answer
+        # (its code closed or replaced the worker's pipe), and the others must not lose
+        # theirs with it. That task is settled when the worker ends.
+        task = next((t for t in worker.assigned if t.task_id == message.task_id), None)
+        if task is None:
             # Only a task the dispatcher already settled (halted while its answer was on the
             # way) can be missing; the answer is moot.
             logger.debug("worker %d answered settled task %d", worker.pid, message.task_id)
             return
-        task = worker.assigned.popleft()
         if message.kind is MessageKind.SKIPPED:
             worker.progress_at = time.monotonic()
             fail(task, task.halt_error or TaskStopped("the task was stopped before it started"))
-            return
-        self._on_answer(worker, task, message)
+        else:
+            self._on_answer(worker, task, message)
+        with contextlib.suppress(ValueError):
+            worker.assigned.remove(task)
 
     def _on_answer(self, worker: WorkerHandle, task: TaskState, message: WorkerMessage) -> None:
         """A task's RESULT or ERROR: resolve its future."""
@@ -499,34 +597,49 @@ class Dispatcher:
         cause = rebuild_exception(message, "the initializer's exception")
         error = BrokenProcessPool(
             f"the initializer failed in worker {worker.pid} "
-            f"({type(cause).__name__}: {cause}); the pool cannot start workers"
+            f"({type(cause).__name__}: {safe_str(cause)}); the pool cannot start workers"
         )
-        error.__cause__ = cause
+        set_cause(error, cause)
         self._break(error)
 
     # ------------------------------------------------------------- worker deaths
 
     def _on_worker_exit(self, worker: WorkerHandle, mask: int) -> None:
         self._on_readable(worker, mask)  # results written before it died still count
-        worker.process.join(1.0)
-        exitcode = worker.process.exitcode
-        if exitcode != 0:
-            kill_group(worker.pid)  # processes its task started must not outlive it
+        exitcode = reap(worker.process)
         crashed_id = worker.running.value
+        if not crashed_id:
+            # Its slot says idle, but the last task it took is unanswered: that task's code
+            # cut the worker off from its pipe (dup2 over it, closed it), so its answer went
+            # nowhere and the worker then ended, maybe with code 0. The task is charged
+            # with the death; sent to another worker, it would do the same forever.
+            started = worker.running.started
+            if started and any(t.task_id == started for t in worker.assigned):
+                crashed_id = started
+        if exitcode != 0 or crashed_id:
+            kill_group(worker.pid)  # processes its task started must not outlive it
         self._release(worker)
         if not worker.ready and self.broken is None and not self._stopping:
             self._on_startup_death(worker, exitcode)
         requeue = []
         blamed = 0
-        died_on_its_own = exitcode != 0 and not worker.halted and self._forced_by is None
+        # Code 0 is a death of its own too when the worker was not asked to end: only an
+        # inbox closed by the pool, a spent task budget or a memory limit end it cleanly.
+        unasked = not (worker.closing or worker.budget == 0) or worker.fault is not None
+        died_on_its_own = (
+            (exitcode != 0 or unasked) and not worker.halted and self._forced_by is None
+        )
         # A worker that died on its own while running no task may have been killed by one it
         # held before that task started (reading an argument too large for its memory). Such
         # a task is sent on a few times, then failed: resending it forever would hang.
-        unexplained = died_on_its_own and not crashed_id
+        unexplained = died_on_its_own and not (crashed_id or worker.fault_task)
         for task in worker.assigned:
-            if task.task_id == crashed_id:
+            if task.task_id == crashed_id or task.task_id == worker.fault_task:
                 blamed += 1
-                fail(task, crash_error(worker.pid, exitcode, task.fn_name, self._forced_by))
+                fail(
+                    task,
+                    crash_error(worker.pid, exitcode, task.fn_name, self._forced_by, worker.fault),
+                )
             elif self.broken is not None or self._forced_by is not None:
                 fail(task, self._not_run_error())
             elif task.future.done():
@@ -548,7 +661,9 @@ class Dispatcher:
                 "poolkit worker %d %s%s; %d task(s) failed, %d requeued",
                 worker.pid,
                 describe_exit(exitcode),
-                name_exception(worker.loop_error),
+                name_exception(worker.loop_error)
+                if worker.fault is None
+                else f" (its result pipe {worker.fault})",
                 blamed,
                 len(requeue),
             )
@@ -578,16 +693,21 @@ class Dispatcher:
             if self.in_dispatcher_thread()
             else contextlib.nullcontext()
         )
+        # The parent-death signal fires when the thread that started the worker ends: only
+        # the main thread and this dispatcher's thread live as long as the worker.
+        long_lived = self.in_dispatcher_thread() or (
+            threading.current_thread() is threading.main_thread()
+        )
         with mask:
-            worker = WorkerHandle.start(self._backend, self._config_blob, self._max_tasks_per_child)
+            worker = WorkerHandle.start(
+                self._backend, self._config_blob, self._max_tasks_per_child, long_lived
+            )
         self._workers[worker.pid] = worker
         self._selector.register(
             worker.channel.outbox_fd, selectors.EVENT_READ, lambda m: self._on_readable(worker, m)
         )
         self._selector.register(
-            worker.process.sentinel,
-            selectors.EVENT_READ,
-            lambda m: self._on_worker_exit(worker, m),
+            worker.death_fd, selectors.EVENT_READ, lambda m: self._on_worker_exit(worker, m)
         )
         return worker
 
@@ -595,20 +715,23 @@ class Dispatcher:
         try:
             self._start_worker()
         except Exception as exc:
-            error = BrokenProcessPool(f"could not start a replacement worker: {exc!r}")
-            error.__cause__ = exc
+            error = BrokenProcessPool(
+                f"could not start a replacement worker: {safe_str(exc, repr)}"
+            )
+            set_cause(error, exc)
             self._break(error)
 
     def _release(self, worker: WorkerHandle) -> None:
         """Forget a dead worker and close everything the parent held for it."""
         self._workers.pop(worker.pid, None)
+        self._hung_up.pop(worker.pid, None)
         if worker.reading:
             self._selector.unregister(worker.channel.outbox_fd)
             worker.reading = False
         try:
-            self._selector.unregister(worker.process.sentinel)
-        except KeyError:
-            pass  # never registered: the worker failed during start()
+            self._selector.unregister(worker.death_fd)
+        except (KeyError, ValueError):
+            pass  # never registered (the worker failed during start()), or closed
         if worker.writing and worker.channel.writer is not None:
             self._selector.unregister(worker.channel.writer.fd)
             worker.writing = False
@@ -676,8 +799,10 @@ class Dispatcher:
         for fd in (self._wake_r, self._wake_w, self._selector.fileno()):
             unregister_parent_fd(fd)
         self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._wake_r = self._wake_w = -1

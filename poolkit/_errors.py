@@ -11,7 +11,7 @@ import signal
 from concurrent import futures
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 # Before 3.11 concurrent.futures.TimeoutError is its own class; since, it is the builtin.
 _FUTURES_TIMEOUT: tuple[type, ...] = (
@@ -117,6 +117,29 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.tb.rstrip()}\n"""'
 
 
+def safe_str(exc: BaseException, how: Callable[[object], str] = str) -> str:
+    """``str(exc)`` (or ``how(exc)``), or a stand-in when the exception's own code fails."""
+    try:
+        return how(exc)
+    except BaseException:  # user code: whatever it raises, a message is still made
+        return f"<{type(exc).__qualname__}: str() failed>"
+
+
+_CAUSE = BaseException.__dict__["__cause__"]  # the slot itself, past any __setattr__
+
+
+def set_cause(exc: BaseException, cause: BaseException) -> None:
+    """Set ``exc.__cause__`` even where the class refuses attribute assignment.
+
+    A frozen dataclass exception raises ``FrozenInstanceError`` from ``__setattr__``; the
+    slot's own descriptor bypasses it. If even that fails, the exception stays without it.
+    """
+    try:
+        _CAUSE.__set__(exc, cause)
+    except BaseException:
+        pass
+
+
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -137,15 +160,22 @@ def describe_exit(exitcode: Optional[int]) -> str:
 
 
 def crash_error(
-    pid: int, exitcode: Optional[int], fn_name: str, forced_by: Optional[str]
+    pid: int,
+    exitcode: Optional[int],
+    fn_name: str,
+    forced_by: Optional[str],
+    fault: Optional[str] = None,
 ) -> WorkerCrashedError:
     """The error of the task worker ``pid`` was running when it ended with ``exitcode``.
 
-    ``forced_by`` names the call that signalled the workers, if one did.
+    ``forced_by`` names the call that signalled the workers, if one did; ``fault`` what
+    the pool found on the worker's result pipe, if it killed the worker for that.
     """
     how = describe_exit(exitcode)
     if forced_by is not None:
         how = f"{how} by {forced_by}"
+    elif fault is not None:
+        how = f"was killed by the pool (its result pipe {fault}); it {how}"
     return WorkerCrashedError(
         f"worker process {pid} {how} while running {fn_name}()",
         pid=pid,
@@ -158,7 +188,7 @@ def name_exception(exc: Optional[BaseException]) -> str:
     """`` (MemoryError)`` or `` (OSError: message)`` to follow a death's description."""
     if exc is None:
         return ""
-    detail = str(exc)
+    detail = safe_str(exc)
     return f" ({type(exc).__name__}{': ' + detail if detail else ''})"
 
 
@@ -183,7 +213,8 @@ def unstarted_crash_error(
         exitcode=exitcode,
         fn_name=fn_name,
     )
-    error.__cause__ = cause
+    if cause is not None:
+        set_cause(error, cause)
     return error
 
 

@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, Literal, Optional, TypeVar
 
+from . import _completion as completion
 from . import _serialization as serialization
 from ._backends import resolve_backend
 from ._dispatcher import Dispatcher
@@ -246,6 +247,10 @@ class Executor(TaskFrontend):
             self._dispatcher.request_stop()
         if wait:
             self._dispatcher.join()
+            # As with the stdlib, every done-callback has run once shutdown returns; here
+            # they run on callback threads (see _completion), so wait for them.
+            if not self._dispatcher.in_dispatcher_thread():
+                completion.callbacks.drain()
 
     def terminate_workers(self) -> None:
         """Shut down at once: cancel queued tasks and send SIGTERM to every worker.

@@ -15,19 +15,21 @@ The parent watches the worker through a pidfd, which works for a grandchild.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import select
 import signal
 import socket
 import time
-from multiprocessing import connection
+from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Callable, Optional
 
 from ._messages import ChildExit, SpawnReply, SpawnRequest
+from ._parent_watch import ParentLink
 from ._slots import RunningSlot
 from ._transport import (
     close_inherited_parent_fds,
@@ -35,8 +37,20 @@ from ._transport import (
     unregister_parent_fd,
 )
 
+logger = logging.getLogger(__name__)
+
 _MAX_MESSAGE = 4096
-_REPLY_TIMEOUT = 30.0
+#: How long the parent waits for the template to answer a request: a fork takes about a
+#: millisecond, so a template silent this long is stopped or wedged, and is given up.
+_REPLY_TIMEOUT = 5.0
+#: How long a dead worker's exit code may take to arrive from the template.
+_EXIT_REPORT_TIMEOUT = 1.0
+#: Tries, a millisecond apart, at closing a template whose exit code another thread holds.
+_CLOSE_RETRIES = 200
+
+
+class TemplateFailed(ConnectionError):
+    """The template exited, or did not answer in time: it forks no more workers."""
 
 
 def supported() -> bool:
@@ -60,9 +74,11 @@ class ForkTemplate:
         register_parent_fd(parent_end.fileno())
         self._socket = parent_end
         self._exits: dict[int, int] = {}
+        #: Why the template forks no more workers, once it does not.
+        self.failure: Optional[TemplateFailed] = None
         self.process: BaseProcess = context.Process(  # type: ignore[attr-defined]
             target=_template_main,
-            args=(template_end, target, config_blob),
+            args=(template_end, target, config_blob, os.getpid()),
             name="poolkit-fork-template",
         )
         try:
@@ -72,33 +88,63 @@ class ForkTemplate:
 
     def start_worker(self, args: tuple[Any, ...]) -> TemplateChild:
         """Have the template fork a worker running ``target(*args)``; args as for worker_main."""
-        inbox, outbox, side, running, _config = args
+        inbox, outbox, side, running = args[:4]
         fds = [inbox.fileno(), outbox.fileno(), side.fileno(), running.fd]
-        socket.send_fds(self._socket, [pickle.dumps(SpawnRequest())], fds)
+        if self.failure is not None:
+            raise self.failure
+        try:
+            socket.send_fds(self._socket, [pickle.dumps(SpawnRequest())], fds)
+        except OSError as exc:
+            raise self._failed(f"the fork template could not be reached: {exc}") from exc
         deadline = time.monotonic() + _REPLY_TIMEOUT
         while True:
             message = self._receive(deadline)
             if isinstance(message, SpawnReply):
                 return TemplateChild(self, message.pid)
+            if message is None:
+                raise self._failed(
+                    f"the fork template (pid {self.process.pid}) did not answer "
+                    f"within {_REPLY_TIMEOUT:g} s"
+                )
 
     def exitcode(self, pid: int, timeout: float = 0.0) -> Optional[int]:
-        """The exit code the template reported for ``pid``; None if not reported yet."""
+        """The exit code the template reported for ``pid``; None if not reported (yet).
+
+        Never raises: once the template is gone, the codes it had not reported stay unknown.
+        """
         deadline = time.monotonic() + timeout
         while pid not in self._exits:
-            if self._receive(deadline) is None:
+            try:
+                if self._receive(deadline) is None:
+                    return None
+            except TemplateFailed:
                 return None
         return self._exits[pid]
 
+    def _failed(self, why: str) -> TemplateFailed:
+        """Give the template up: kill it (it may be stopped) and remember why."""
+        if self.failure is None:
+            self.failure = TemplateFailed(why)
+            try:
+                self.process.kill()
+            except (OSError, ValueError, AttributeError):
+                pass
+        return self.failure
+
     def _receive(self, deadline: float) -> Optional[object]:
+        """The next message, or None once ``deadline`` passed. Raises TemplateFailed."""
+        if self.failure is not None:
+            raise self.failure
         remaining = max(0.0, deadline - time.monotonic())
         ready, _, _ = select.select([self._socket], [], [], remaining)
         if not ready:
-            if remaining > 0:
-                raise TimeoutError("the fork template did not answer")
             return None
-        data = self._socket.recv(_MAX_MESSAGE)
+        try:
+            data = self._socket.recv(_MAX_MESSAGE)
+        except OSError as exc:
+            raise self._failed(f"the fork template could not be read: {exc}") from exc
         if not data:
-            raise ConnectionError("the fork template exited")
+            raise self._failed(f"the fork template (pid {self.process.pid}) exited")
         message: object = pickle.loads(data)
         if isinstance(message, ChildExit):
             self._exits[message.pid] = message.exitcode
@@ -113,7 +159,15 @@ class ForkTemplate:
         if self.process.exitcode is None:
             self.process.kill()
             self.process.join()
-        self.process.close()
+        # multiprocessing polls every child it knows whenever any thread starts a process:
+        # that thread's waitpid may win, and join() then returns before the code is stored.
+        for _ in range(_CLOSE_RETRIES):
+            try:
+                self.process.close()
+                return
+            except ValueError:
+                time.sleep(0.001)
+        logger.warning("poolkit fork template %s: not reaped at close", self.process.pid)
 
 
 class TemplateChild:
@@ -135,8 +189,9 @@ class TemplateChild:
     def join(self, timeout: Optional[float] = None) -> None:
         ready, _, _ = select.select([self.sentinel], [], [], timeout)
         if ready and self._exitcode is None:
-            # Dead; the template reports the code as soon as it has reaped it.
-            self._exitcode = self._template.exitcode(self.pid, timeout=_REPLY_TIMEOUT)
+            # Dead; the template reports the code as soon as it has reaped it (a template
+            # that is gone reports nothing: the code stays unknown).
+            self._exitcode = self._template.exitcode(self.pid, timeout=_EXIT_REPORT_TIMEOUT)
 
     def is_alive(self) -> bool:
         return not select.select([self.sentinel], [], [], 0)[0]
@@ -154,45 +209,99 @@ class TemplateChild:
             pass
 
     def close(self) -> None:
+        if self.sentinel < 0:
+            return
         if self.is_alive():
             raise ValueError("cannot close a process that is still running")
         unregister_parent_fd(self.sentinel)
         os.close(self.sentinel)
+        self.sentinel = -1
 
 
-def _template_main(sock: socket.socket, target: Callable[..., Any], config_blob: bytes) -> None:
-    """The template process: fork a worker per request; report each worker's exit."""
+def _template_main(
+    sock: socket.socket, target: Callable[..., Any], config_blob: bytes, parent_pid: int
+) -> None:
+    """The template process: fork a worker per request; report each worker's exit.
+
+    Each worker is watched through a pidfd, not ``multiprocessing``'s sentinel pipe: a
+    process the worker's task started holds a copy of that pipe, and would hide the
+    worker's death for as long as it lives. The template also watches the pool's parent:
+    when it dies, the template kills every worker's process group and exits, so no worker
+    outlives the parent, even one whose task holds the GIL (see ``_parent_watch``).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     close_inherited_parent_fds()
     register_parent_fd(sock.fileno())  # so the workers forked from here close it
     from multiprocessing import get_context
 
     context = get_context("fork")
-    children: dict[int, BaseProcess] = {}
+    children: dict[int, tuple[BaseProcess, int]] = {}  # pidfd -> (process, pid)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    try:
+        parent_fd = os.pidfd_open(parent_pid)
+    except ProcessLookupError:
+        return
+    poller.register(parent_fd, select.POLLIN)
+    link = ParentLink(parent_pid, death_signal=False)  # the template's death ends no worker
     while True:
-        sentinels = {p.sentinel: p for p in children.values()}
-        ready = connection.wait([sock, *sentinels])
-        for item in ready:
-            if item is sock:
+        for fd, _mask in poller.poll():
+            if fd == parent_fd:
+                _kill_groups(pid for _, pid in children.values())
+                return
+            if fd == sock.fileno():
                 try:
                     data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, 4)
                 except OSError:
                     data = b""
                 if not data:
                     return  # the parent closed the pool, or died
-                process = _fork_worker(context, target, fds, config_blob)
-                children[process.pid] = process  # type: ignore[index]
-                sock.send(pickle.dumps(SpawnReply(process.pid)))  # type: ignore[arg-type]
-            else:
-                process = sentinels[item]  # type: ignore[index]
-                process.join()
-                del children[process.pid]  # type: ignore[arg-type]
-                sock.send(pickle.dumps(ChildExit(process.pid, process.exitcode)))  # type: ignore[arg-type]
-                process.close()
+                process = _fork_worker(context, target, fds, config_blob, link)
+                pid: int = process.pid  # type: ignore[assignment]
+                pidfd = os.pidfd_open(pid)
+                register_parent_fd(pidfd)
+                children[pidfd] = (process, pid)
+                poller.register(pidfd, select.POLLIN)
+                sock.send(pickle.dumps(SpawnReply(pid)))
+            elif fd in children:
+                process, pid = children.pop(fd)
+                poller.unregister(fd)
+                unregister_parent_fd(fd)
+                os.close(fd)
+                exitcode = _reap(process)
+                sock.send(pickle.dumps(ChildExit(pid, exitcode)))
+
+
+def _reap(process: BaseProcess) -> int:
+    """The exit code of a worker whose pidfd reported its exit (it is a zombie now)."""
+    code = process.exitcode  # a non-blocking waitpid: the zombie is reaped at once
+    if code is None:
+        process.join()  # another thread of this process reaped it first: join reads it
+        code = process.exitcode
+    try:
+        process.close()
+    except ValueError:
+        pass
+    return code if code is not None else 255
+
+
+def _kill_groups(pids: Iterable[int]) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def _fork_worker(
-    context: BaseContext, target: Callable[..., Any], fds: list[int], config_blob: bytes
+    context: BaseContext,
+    target: Callable[..., Any],
+    fds: list[int],
+    config_blob: bytes,
+    link: ParentLink,
 ) -> BaseProcess:
     inbox_fd, outbox_fd, side_fd, slot_fd = fds
     inbox = Connection(inbox_fd, writable=False)
@@ -200,7 +309,9 @@ def _fork_worker(
     side = Connection(side_fd)
     running = RunningSlot(slot_fd)  # maps the slot and closes the descriptor
     process: BaseProcess = context.Process(  # type: ignore[attr-defined]
-        target=target, args=(inbox, outbox, side, running, config_blob), name="poolkit-worker-fork"
+        target=target,
+        args=(inbox, outbox, side, running, config_blob, link),
+        name="poolkit-worker-fork",
     )
     process.start()
     # The worker has its copies; the template keeps none of a worker's descriptors.

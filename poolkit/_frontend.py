@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, TypeVar
 from . import _map
 from . import _serialization as serialization
 from ._errors import BrokenProcessPool
+from ._function_cache import FunctionBlobs
 from ._function_snapshot import Snapshot
 from ._function_snapshot import take as take_snapshot
 from ._futures import new_future
@@ -31,7 +32,6 @@ from ._tasks import TaskState
 
 T = TypeVar("T")
 
-_FUNCTION_CACHE_SIZE = 64
 _interpreter_exiting = False
 #: The arguments blob of a call without arguments, pickled once.
 _NO_ARGUMENTS = serialization.dumps(((), {}))
@@ -71,8 +71,7 @@ class TaskFrontend(futures.Executor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._task_ids = itertools.count(1)
-        #: fn -> (its pickle, None if by reference, else the snapshot that must match)
-        self._function_blobs: dict[Callable[..., Any], tuple[bytes, Optional[Snapshot]]] = {}
+        self._function_blobs = FunctionBlobs()  # holds no function alive
         self._live_maps: weakref.WeakSet[Any] = weakref.WeakSet()  # maps still reading input
 
     # ------------------------------------------------------- for subclasses
@@ -175,9 +174,7 @@ class TaskFrontend(futures.Executor):
             snapshot = take_snapshot(fn)
             entry = None if snapshot is None else (blob, snapshot)
         if entry is not None:
-            if len(self._function_blobs) >= _FUNCTION_CACHE_SIZE:
-                self._function_blobs.clear()
-            self._function_blobs[fn] = entry
+            self._function_blobs.put(fn, *entry)
         return blob
 
     def _register_map(self, run: Any) -> None:

@@ -11,16 +11,24 @@ Parent -> worker: one frame is a *task batch*: a count, then for each task a fix
 are pickled in the submitting thread; the dispatcher only frames them, without copying.
 
 Worker -> parent: one frame is one :class:`WorkerMessage`: a fixed header
-(:data:`MESSAGE_HEADER`), an optional UTF-8 traceback, and a pickled payload.
+(:data:`MESSAGE_HEADER`), an optional UTF-8 traceback, and a pickled payload. The header
+opens with a marker and names the process that wrote it, so that bytes a task wrote into
+the pipe, or a message from a process the task forked, are told from the worker's own
+(:class:`FrameError`): a worker channel is a pipe any process holding it can write to.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import struct
 from typing import Any, NamedTuple, Optional, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
+
+
+class FrameError(ValueError):
+    """Bytes on a worker's channel that are not a message the worker wrote."""
 
 
 class TaskKind(enum.IntEnum):
@@ -74,6 +82,7 @@ class WorkerMessage(NamedTuple):
     #: The payload's out-of-band buffers, as for :attr:`TaskRecord.buffers`; once the
     #: parent has received their memory files, the buffers themselves.
     buffers: Optional[list[Any]] = None
+    sender: int = 0  #: pid of the process that wrote the message
 
 
 class ChunkOutcome(NamedTuple):
@@ -115,9 +124,11 @@ class ChildExit(NamedTuple):
 TASK_HEADER = struct.Struct("!QBQQH")
 #: number of tasks in a batch
 BATCH_HEADER = struct.Struct("!I")
-#: kind, task id, duration, length of the traceback text, number of out-of-band buffers
-#: (their table follows the traceback; the payload comes last)
-MESSAGE_HEADER = struct.Struct("!BQdIH")
+#: marker, kind, sender pid, task id, duration, length of the traceback text, number of
+#: out-of-band buffers (their table follows the traceback; the payload comes last)
+MESSAGE_HEADER = struct.Struct("!HBIQdIH")
+#: The first two bytes of every worker message ("pk").
+MESSAGE_MARKER = 0x706B
 #: An out-of-band buffer's table entry: how it travels (below), its size in bytes, and where
 #: in its memory file it starts.
 BUFFER_ENTRY = struct.Struct("!BQQ")
@@ -228,24 +239,42 @@ def encode_message(
     """One worker message as a frame body; ``table`` describes ``buffers`` out-of-band
     buffers of the payload (see ``_oob.Outgoing``)."""
     tb = traceback.encode("utf-8", "replace")
-    header = MESSAGE_HEADER.pack(kind, task_id, duration, len(tb), buffers)
+    # The pid is asked for each time: a process forked by a task is not the worker.
+    header = _pack_message_header(
+        MESSAGE_MARKER, kind, _getpid(), task_id, duration, len(tb), buffers
+    )
     return b"".join((header, tb, *table, payload))
 
 
 def decode_message(frame: Buffer) -> WorkerMessage:
-    """Parse a worker message; the payload is a view into ``frame``."""
+    """Parse a worker message; the payload is a view into ``frame``.
+
+    Raises FrameError for a frame that is not a worker message.
+    """
     view = memoryview(frame)
-    kind, task_id, duration, tb_len, buffer_count = _unpack_message_header(view)
+    try:
+        marker, kind, sender, task_id, duration, tb_len, buffer_count = _unpack_message_header(view)
+    except struct.error:
+        raise FrameError(f"a frame of {len(view)} bytes, too short for a message") from None
+    if marker != MESSAGE_MARKER or kind not in _MESSAGE_KINDS:
+        raise FrameError(f"a frame of {len(view)} bytes that does not start as a message")
     start = MESSAGE_HEADER.size
+    if start + tb_len > len(view):
+        raise FrameError("a message whose traceback runs past its frame")
     tb = bytes(view[start : start + tb_len]).decode("utf-8", "replace") if tb_len else ""
     start += tb_len
+    buffers = None
     if buffer_count:
-        buffers, start = read_buffer_table(view, start, buffer_count)
-        return WorkerMessage(_MESSAGE_KINDS[kind], task_id, duration, tb, view[start:], buffers)
-    return WorkerMessage(_MESSAGE_KINDS[kind], task_id, duration, tb, view[start:])
+        try:
+            buffers, start = read_buffer_table(view, start, buffer_count)
+        except struct.error:
+            raise FrameError("a message whose buffer table runs past its frame") from None
+    return WorkerMessage(_MESSAGE_KINDS[kind], task_id, duration, tb, view[start:], buffers, sender)
 
 
 # Looked up once per message or task: a dict is several times cheaper than an enum call.
 _MESSAGE_KINDS = {kind.value: kind for kind in MessageKind}
 _TASK_KINDS = {kind.value: kind for kind in TaskKind}
 _unpack_message_header = MESSAGE_HEADER.unpack_from
+_pack_message_header = MESSAGE_HEADER.pack
+_getpid = os.getpid

@@ -9,10 +9,11 @@ from typing import Any, Optional
 
 from ._transport import register_parent_fd, unregister_parent_fd
 
-# Word layout: [running task id, skip generation, skip ids...]
+# Word layout: [running task id, last started task id, skip generation, skip ids...]
 _RUNNING = 0
-_SKIP_GENERATION = 1
-_SKIP_FIRST = 2
+_STARTED = 1
+_SKIP_GENERATION = 2
+_SKIP_FIRST = 3
 _SKIP_SLOTS = 6
 _WORDS = _SKIP_FIRST + _SKIP_SLOTS
 
@@ -23,6 +24,10 @@ class RunningSlot:
     - ``value``: the id of the task the worker runs. The worker writes it before it runs a
       task and 0 after it replied; the parent reads it when the worker dies (which task to
       fail) and while the worker is frozen (is the task to stop really the one running?).
+    - ``started``: the id of the last task the worker took, kept after its reply. A worker
+      that ends with ``value`` at 0 while the task in ``started`` is still unanswered lost
+      that task's answer (its task closed or replaced the worker's pipes): the task is
+      charged with the death instead of being sent to another worker.
     - the skip list: ids of tasks the worker already holds but must not run (stopped before
       they started). The worker checks it right after writing ``value`` and before running,
       so a task that is not running when the parent looks can never start afterwards.
@@ -55,6 +60,15 @@ class RunningSlot:
     @value.setter
     def value(self, task_id: int) -> None:
         self._view[_RUNNING] = task_id
+
+    @property
+    def started(self) -> int:
+        """Id of the last task the worker took (0 before the first)."""
+        return int(self._view[_STARTED])
+
+    @started.setter
+    def started(self, task_id: int) -> None:
+        self._view[_STARTED] = task_id
 
     def add_skip(self, task_id: int) -> None:
         """(Parent) Ask the worker not to run ``task_id`` if it has not started it."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from typing import Any, Callable, Optional, Protocol
 
+from . import _completion as completion
 from . import _serialization as serialization
-from ._errors import DeserializationError, RemoteTraceback
+from ._errors import DeserializationError, RemoteTraceback, safe_str, set_cause
 from ._messages import MessageKind, WorkerMessage
 from ._oob import HeldBuffers
 
@@ -78,32 +80,42 @@ class TaskState:
 
 
 def resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:
-    """Resolve the task's future from the worker's RESULT or ERROR message."""
-    if message.kind is MessageKind.RESULT:
-        try:
-            value = serialization.loads(message.payload, message.buffers)
-        except BaseException as exc:  # SystemExit too: it must not end the dispatcher
-            error = DeserializationError(
-                f"the result of {task.fn_name}() from worker {pid} could not be unpickled: "
-                f"{type(exc).__name__}: {exc}"
-            )
-            error.__cause__ = exc
-            fail(task, error)
-            return
-        task.settle()
-        if task.started and not _abandoned:  # the common case, without a closure
-            try:
-                task.future.set_result(value)
-            except Exception:  # InvalidStateError: already resolved
-                logger.debug("future of task %d was already resolved", task.task_id)
-            return
-        _set(task, lambda f: f.set_result(value))
-    else:
+    """Resolve the task's future from the worker's RESULT or ERROR message.
+
+    Never raises: whatever the task's result or exception does while it is rebuilt here
+    (its ``__reduce__``, ``__setstate__`` or ``__setattr__`` raising, even ``SystemExit``)
+    becomes this future's error, and the dispatcher goes on.
+    """
+    if message.kind is not MessageKind.RESULT:
         fail(task, rebuild_exception(message, f"the exception raised by {task.fn_name}()"))
+        return
+    try:
+        value = serialization.loads(message.payload, message.buffers)
+    except BaseException as exc:  # SystemExit too: it must not end the dispatcher
+        error = DeserializationError(
+            f"the result of {task.fn_name}() from worker {pid} could not be unpickled: "
+            f"{type(exc).__name__}: {safe_str(exc)}"
+        )
+        set_cause(error, exc)
+        fail(task, error)
+        return
+    task.settle()
+    future = task.future
+    if task.started and not _abandoned and type(future) is Future:  # the common case
+        try:
+            completion.set_result(future, value)
+        except BaseException:  # InvalidStateError: already resolved
+            logger.debug("future of task %d was already resolved", task.task_id)
+        return
+    _set(task, lambda f: f.set_result(value))
 
 
 def rebuild_exception(message: WorkerMessage, what: str) -> BaseException:
-    """The exception a worker sent, with the worker's traceback as its ``__cause__``."""
+    """The exception a worker sent, with the worker's traceback as its ``__cause__``.
+
+    Never raises: an exception that cannot be unpickled, or refuses its ``__cause__`` (a
+    frozen dataclass), is replaced or kept without it.
+    """
     remote = RemoteTraceback(message.traceback)
     exc: BaseException
     try:
@@ -112,9 +124,10 @@ def rebuild_exception(message: WorkerMessage, what: str) -> BaseException:
             raise TypeError(f"expected an exception, got {type(exc).__name__}")
     except BaseException as unpickling_error:
         exc = DeserializationError(
-            f"{what} could not be unpickled: {type(unpickling_error).__name__}: {unpickling_error}"
+            f"{what} could not be unpickled: {type(unpickling_error).__name__}: "
+            f"{safe_str(unpickling_error)}"
         )
-    exc.__cause__ = remote
+    set_cause(exc, remote)
     return exc
 
 
@@ -143,10 +156,14 @@ def _set(task: TaskState, action: Callable[[TaskFuture], None]) -> None:
     if _abandoned:
         return
     future = task.future
-    if not task.started and not future.set_running_or_notify_cancel():
-        return  # cancelled while pending
-    task.started = True
     try:
-        action(future)
-    except Exception:  # InvalidStateError: already resolved; never let it stop the loop
-        logger.debug("future of task %d was already resolved", task.task_id)
+        if not task.started and not future.set_running_or_notify_cancel():
+            return  # cancelled while pending
+        task.started = True
+        if type(future) is Future:
+            # Its done-callbacks are user code: they run on a callback thread.
+            completion.settle_with(future, action)
+        else:
+            action(future)
+    except BaseException:  # InvalidStateError (already resolved), or a bug: never stop the loop
+        logger.debug("future of task %d was already resolved", task.task_id, exc_info=True)

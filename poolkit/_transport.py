@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any, Optional
 
-from ._messages import STOP_BATCH, Buffer, frame_header, parse_frame_header
+from ._messages import STOP_BATCH, Buffer, FrameError, frame_header, parse_frame_header
 from ._spin_wait import SpinWait
 
 # Frames bigger than this are read straight into a buffer of their final size.
@@ -33,6 +33,18 @@ _JOIN_BELOW = 1 << 16
 # Linux lets an unprivileged process grow a pipe to 1 MiB; fewer, larger writes for payloads.
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _PIPE_SIZE = 1 << 20
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not on Linux
+        return 1 << 40
+
+
+#: A frame announced as larger than the machine's memory cannot be one a worker wrote: its
+#: header is stray bytes (a task wrote into the pipe), not a length to allocate.
+MAX_FRAME = _physical_memory()
 
 # fd -> (device, inode) of what it referred to when registered.
 _parent_only_fds: dict[int, tuple[int, int]] = {}
@@ -80,6 +92,8 @@ class FrameReader:
         self._buffer = bytearray()
         self._body: Optional[bytearray] = None
         self._filled = 0
+        #: Why the bytes on this pipe cannot be read as frames any more (stray bytes).
+        self.fault: Optional[FrameError] = None
 
     @property
     def mid_frame(self) -> bool:
@@ -87,7 +101,13 @@ class FrameReader:
         return bool(self._buffer) or self._body is not None
 
     def read_frames(self) -> tuple[list[Buffer], bool]:
-        """Read everything available now. Returns ``(frames, at_eof)``."""
+        """Read everything available now. Returns ``(frames, at_eof)``.
+
+        A header that announces more than :data:`MAX_FRAME` bytes ends the reading:
+        the frames before it are returned, and :attr:`fault` says what was wrong.
+        """
+        if self.fault is not None:
+            return [], False
         frames: list[Buffer] = []
         while True:
             if self._body is not None:
@@ -109,7 +129,12 @@ class FrameReader:
             if not chunk:
                 return frames, True
             self._buffer += chunk
-            self._split(frames)
+            try:
+                self._split(frames)
+            except FrameError as exc:
+                self.fault = exc
+                self._buffer.clear()
+                return frames, False
             if len(chunk) < _READ_CHUNK and self._body is None:
                 # A short read emptied the pipe: skip the read that would only say so. The
                 # selector is level-triggered, so later data (or end-of-file) wakes us again.
@@ -122,6 +147,8 @@ class FrameReader:
             if parsed is None:
                 return
             header_size, body_size = parsed
+            if body_size > MAX_FRAME:
+                raise FrameError(f"a frame header announcing {body_size} bytes")
             end = header_size + body_size
             if len(buf) >= end:
                 frames.append(bytes(buf[header_size:end]))

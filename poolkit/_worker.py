@@ -13,15 +13,12 @@ hang-up of the inbox (or that it was re-parented) and exits the process.
 
 from __future__ import annotations
 
-import _thread
 import itertools
 import os
 import pickle
-import select
 import signal
 import socket
 import sys
-import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, NamedTuple, Optional
@@ -37,14 +34,16 @@ from ._messages import (
     decode_batch,
     encode_message,
 )
+from ._parent_watch import EXIT_PARENT_GONE, BusyFlag, ParentLink, start_watch
 from ._spin_wait import SpinWait
-from ._thread_signals import signals_blocked
 from ._transport import BlockingFrameSource, close_inherited_parent_fds
 
-#: Exit code of a worker that stopped because its parent went away mid-task.
-EXIT_PARENT_GONE = 70
+__all__ = ["EXIT_PARENT_GONE", "WorkerConfig", "worker_main"]
+
+#: Unpickled functions kept for map chunks: at most this many, and this many bytes of
+#: pickles, so large closures that are dropped do not stay alive in every worker.
 _FN_CACHE_SIZE = 64
-_PARENT_POLL_MS = 1000
+_FN_CACHE_BYTES = 8 << 20
 
 
 class WorkerConfig(NamedTuple):
@@ -56,27 +55,21 @@ class WorkerConfig(NamedTuple):
     max_memory: Optional[int] = None  #: resident bytes after which the worker retires
 
 
-class _RunState:
-    """Shared by the main loop and the parent watcher."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.busy = False
-        self.parent_gone = False
-
-
 def worker_main(
     inbox: Connection,
     outbox: Connection,
     side: Optional[Connection],
     running: Any,
     config_blob: bytes,
+    parent: Optional[ParentLink] = None,
 ) -> None:
     """Entry point of a worker process (the ``multiprocessing.Process`` target).
 
     ``side`` is the socket that carries the memory files of large buffers (``_oob``), or
-    None where descriptors cannot be passed.
+    None where descriptors cannot be passed. ``parent`` names the pool's parent process,
+    which the worker must not outlive (``_parent_watch``).
     """
+    me = os.getpid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A process group of its own: Ctrl-C in a terminal reaches only the parent, and when the
     # parent kills this worker it kills the processes a task started along with it.
@@ -85,8 +78,10 @@ def worker_main(
     except OSError:
         pass
     close_inherited_parent_fds()
-    state = _RunState()
-    _start_parent_watch(inbox.fileno(), state)
+    state = BusyFlag()
+    if parent is None:
+        parent = ParentLink(os.getppid(), False)
+    start_watch(parent, inbox.fileno(), state)
     send = outbox.send_bytes
     side_socket = None
     if side is not None:
@@ -98,13 +93,15 @@ def worker_main(
         if config.initializer is not None:
             adopt_main_functions(config.initializer)(*config.initargs)
     except BaseException as exc:
+        _end_if_forked(me)
         send(_describe_failure(MessageKind.INIT_FAILED, 0, exc, 0.0))
         sys.exit(1)
+    _end_if_forked(me)
 
     try:
         send(encode_message(MessageKind.READY, os.getpid(), b""))
         _name_process()  # cosmetic: done while the parent answers READY with a first task
-        _serve(inbox, send, side_socket, running, state, config.max_tasks, config.max_memory)
+        _serve(inbox, send, side_socket, running, state, config.max_tasks, config.max_memory, me)
     except (BrokenPipeError, ConnectionError):
         pass  # the parent is gone; nobody is left to tell
     except Exception as exc:
@@ -122,9 +119,10 @@ def _serve(
     send: Callable[[bytes], None],
     side: Optional[socket.socket],
     running: Any,
-    state: _RunState,
+    state: BusyFlag,
     remaining: Optional[int],
     max_memory: Optional[int],
+    me: int,
 ) -> None:
     functions: dict[bytes, Callable[..., Any]] = {}
     frames = BlockingFrameSource(inbox.fileno(), SpinWait(inbox.fileno()))
@@ -148,6 +146,7 @@ def _serve(
                     return
                 state.busy = True
             running.value = record.task_id
+            running.started = record.task_id  # kept after the reply: see RunningSlot
             # Checked after the slot is written: if the parent finds the slot without this
             # id, the task cannot start later (see _slots.RunningSlot).
             if running.should_skip(record.task_id):
@@ -160,6 +159,7 @@ def _serve(
             try:
                 reply = _run(record, files, functions, side)
             finally:
+                _end_if_forked(me)
                 if files is not None:
                     files.close()
             # Not busy once the task's own code is done: the parent may close the inbox the
@@ -311,11 +311,30 @@ def _load_function(blob: Any, functions: dict[bytes, Callable[..., Any]]) -> Cal
     key = bytes(blob)
     fn = functions.get(key)
     if fn is None:
-        fn = adopt_main_functions(serialization.loads(key))
-        if len(functions) >= _FN_CACHE_SIZE:
+        loaded: Callable[..., Any] = adopt_main_functions(serialization.loads(key))
+        fn = loaded
+        if len(key) > _FN_CACHE_BYTES // 4:
+            return loaded  # a large closure: kept only while its task runs
+        if len(functions) >= _FN_CACHE_SIZE or _cached_bytes(functions) + len(key) > (
+            _FN_CACHE_BYTES
+        ):
             functions.clear()
         functions[key] = fn
     return fn
+
+
+def _cached_bytes(functions: dict[bytes, Callable[..., Any]]) -> int:
+    return sum(map(len, functions))
+
+
+def _end_if_forked(me: int) -> None:
+    """In a process a task forked that returned into this loop: end it, silently.
+
+    It holds copies of the worker's pipes; left to go on, it would answer for the worker
+    and take the worker's tasks. Only the worker itself reads and writes them.
+    """
+    if os.getpid() != me:
+        os._exit(0)
 
 
 def _add_note(exc: BaseException, note: str) -> None:
@@ -373,39 +392,3 @@ def _name_process() -> None:
             comm.write("poolkit-worker")
     except OSError:
         pass
-
-
-def _start_parent_watch(inbox_fd: int, state: _RunState) -> None:
-    """Exit the process if the parent dies while a task runs.
-
-    Polling the inbox with no requested events wakes only on hang-up: the parent's end was
-    closed, which a live parent never does while a task runs. The periodic parent-pid check
-    covers a hang-up that never comes (another process inherited the parent's end).
-    """
-    parent = os.getppid()
-
-    def watch() -> None:
-        poller = select.poll()
-        poller.register(inbox_fd, 0)
-        while True:
-            events = poller.poll(_PARENT_POLL_MS)
-            if any(mask & select.POLLNVAL for _, mask in events):
-                return
-            hung_up = bool(events)
-            if not hung_up and os.getppid() == parent:
-                continue
-            with state.lock:
-                state.parent_gone = True
-                # Idle after a hang-up, the main loop reads end-of-file and exits cleanly
-                # (atexit handlers run). Busy, or orphaned without a hang-up, nothing else
-                # would ever stop this process.
-                if state.busy or not hung_up:
-                    os._exit(EXIT_PARENT_GONE)
-            return
-
-    # A bare thread: ``threading.Thread.start`` would wait until the new thread runs, which
-    # in a freshly forked worker on a busy machine took 0.6-0.9 ms before READY could go out.
-    # Like a daemon thread, it never delays the worker's exit. It starts with every signal
-    # blocked, so a task's own signal handlers wake the task's thread.
-    with signals_blocked():
-        _thread.start_new_thread(watch, ())

@@ -5,10 +5,12 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import time
 from typing import Optional
 
 from ._backends import Backend, WorkerProcess
 from ._errors import describe_exit
+from ._parent_watch import ParentLink
 from ._slots import RunningSlot
 from ._tasks import TaskState
 from ._transport import WorkerChannel, register_parent_fd, unregister_parent_fd
@@ -24,6 +26,8 @@ class WorkerHandle:
         "budget",
         "channel",
         "closing",
+        "fault",
+        "fault_task",
         "halted",
         "loop_error",
         "pid",
@@ -59,16 +63,41 @@ class WorkerHandle:
         self.progress_at = 0.0  # when it last finished a task, or was given work while idle
         #: What its loop raised outside any task, just before it exited (LOOP_FAILED).
         self.loop_error: Optional[BaseException] = None
+        #: Why the pool stopped reading its result pipe and killed it (bytes that were not
+        #: a message it wrote), if it did.
+        self.fault: Optional[str] = None
+        self.fault_task = 0  #: the task charged with that fault
+
+    @property
+    def death_fd(self) -> int:
+        """A descriptor that becomes readable when the worker process has ended.
+
+        A pidfd where the kernel has them: ``multiprocessing``'s sentinel is a pipe, and a
+        process the worker's task started holds a copy of it, which would hide the
+        worker's death for as long as that process lives.
+        """
+        return self._pidfd if self._pidfd is not None else self.process.sentinel
 
     @property
     def accepting(self) -> bool:
         return self.ready and not self.closing and self.budget != 0
 
     @classmethod
-    def start(cls, backend: Backend, config_blob: bytes, budget: Optional[int]) -> WorkerHandle:
-        """Create the worker's channel and slot, and start its process."""
+    def start(
+        cls,
+        backend: Backend,
+        config_blob: bytes,
+        budget: Optional[int],
+        long_lived_thread: bool = False,
+    ) -> WorkerHandle:
+        """Create the worker's channel and slot, and start its process.
+
+        ``long_lived_thread``: the calling thread outlives the worker (the main thread, the
+        dispatcher thread), so the worker may arm the parent-death signal against it.
+        """
         channel = WorkerChannel(backend.context)
         running = RunningSlot()
+        link = ParentLink(os.getpid(), backend.death_signal_safe(long_lived_thread))
         try:
             process = backend.start_worker(
                 worker_main,
@@ -78,6 +107,7 @@ class WorkerHandle:
                     channel.worker_side,
                     running,
                     config_blob,
+                    link,
                 ),
                 name=f"poolkit-worker-{backend.name}",
             )
@@ -122,6 +152,29 @@ class WorkerHandle:
             self.process.close()
         except ValueError:
             pass  # still running: only after a failed kill; its sentinel stays open
+
+
+def reap(process: WorkerProcess) -> Optional[int]:
+    """The exit code of a worker whose death was just seen; None if it cannot be had.
+
+    Another thread may be reaping the same child at that moment (``multiprocessing``
+    polls every child it knows whenever a process starts): its ``waitpid`` wins and ours
+    sees no child, so the code is read again until that thread has stored it.
+    """
+    # Asked without waiting first: a process of the task holding the sentinel pipe would
+    # make join() wait its whole timeout. A fork-template worker's code comes from the
+    # template, which join() waits for.
+    if process.exitcode is None:
+        process.join(1.0)
+    for _ in range(_REAP_RETRIES):
+        exitcode = process.exitcode
+        if exitcode is not None:
+            return exitcode
+        time.sleep(0.001)
+    return process.exitcode
+
+
+_REAP_RETRIES = 200
 
 
 #: How many workers in turn may die, each for no task's fault, holding the same task before
