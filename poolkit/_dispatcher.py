@@ -52,6 +52,7 @@ from ._backends import Backend
 from ._errors import (
     BrokenProcessPool,
     TaskStopped,
+    collateral_error,
     crash_error,
     describe_exit,
     name_exception,
@@ -633,12 +634,22 @@ class Dispatcher:
         # held before that task started (reading an argument too large for its memory). Such
         # a task is sent on a few times, then failed: resending it forever would hang.
         unexplained = died_on_its_own and not (crashed_id or worker.fault_task)
+        guilty, collateral = self._after_the_fault(worker, crashed_id)
         for task in worker.assigned:
-            if task.task_id == crashed_id or task.task_id == worker.fault_task:
+            if task.task_id == worker.fault_task or (
+                task.task_id == crashed_id and worker.fault is None
+            ):
                 blamed += 1
                 fail(
                     task,
                     crash_error(worker.pid, exitcode, task.fn_name, self._forced_by, worker.fault),
+                )
+            elif task.task_id in collateral:
+                # Started after the task that wrote into the pipe: its answer sits behind the
+                # stray bytes and cannot be read. It started, so it is not run again.
+                blamed += 1
+                fail(
+                    task, collateral_error(worker.pid, exitcode, task.fn_name, worker.fault, guilty)
                 )
             elif self.broken is not None or self._forced_by is not None:
                 fail(task, self._not_run_error())
@@ -669,6 +680,20 @@ class Dispatcher:
             )
         if not (worker.replaced or self._stopping or self.broken is not None):
             self._start_worker_or_break()
+
+    @staticmethod
+    def _after_the_fault(worker: WorkerHandle, crashed_id: int) -> tuple[str, set[int]]:
+        """The name of the task charged with a fault on the worker's pipe, and the ids of
+        the tasks that started after it (a worker runs its tasks in the order sent)."""
+        if worker.fault is None or not worker.fault_task:
+            return "", set()
+        ids = [t.task_id for t in worker.assigned]
+        last_started = crashed_id or worker.running.started
+        if worker.fault_task not in ids or last_started not in ids:
+            return "another task", set()
+        first = ids.index(worker.fault_task)
+        guilty = worker.assigned[first].fn_name
+        return guilty, set(ids[first + 1 : ids.index(last_started) + 1])
 
     def _on_startup_death(self, worker: WorkerHandle, exitcode: Optional[int]) -> None:
         """A worker died before it was ready: retry a little, then declare the pool broken."""

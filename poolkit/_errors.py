@@ -184,6 +184,22 @@ def crash_error(
     )
 
 
+def collateral_error(
+    pid: int, exitcode: Optional[int], fn_name: str, fault: Optional[str], guilty_fn: str
+) -> WorkerCrashedError:
+    """The error of a task that had started on worker ``pid`` after another task of that
+    worker (``guilty_fn``) wrote into its result pipe: the pool killed the worker, and this
+    task's answer, behind the stray bytes, could not be read."""
+    return WorkerCrashedError(
+        f"worker process {pid} was killed by the pool while running {fn_name}(): its result "
+        f"pipe {fault}, after an earlier task of that worker ({guilty_fn}()) ran, so the "
+        f"answer of {fn_name}() could not be read; it had started, so it is not run again",
+        pid=pid,
+        exitcode=exitcode,
+        fn_name=fn_name,
+    )
+
+
 def name_exception(exc: Optional[BaseException]) -> str:
     """`` (MemoryError)`` or `` (OSError: message)`` to follow a death's description."""
     if exc is None:

@@ -101,7 +101,17 @@ def worker_main(
     try:
         send(encode_message(MessageKind.READY, os.getpid(), b""))
         _name_process()  # cosmetic: done while the parent answers READY with a first task
-        _serve(inbox, send, side_socket, running, state, config.max_tasks, config.max_memory, me)
+        _serve(
+            inbox,
+            send,
+            _PipeIdentity(outbox.fileno()),
+            side_socket,
+            running,
+            state,
+            config.max_tasks,
+            config.max_memory,
+            me,
+        )
     except (BrokenPipeError, ConnectionError):
         pass  # the parent is gone; nobody is left to tell
     except Exception as exc:
@@ -114,9 +124,29 @@ def worker_main(
         raise
 
 
+class _PipeIdentity:
+    """What the worker's result pipe is, to tell when a task has replaced or closed it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.identity = self._read()
+
+    def _read(self) -> Optional[tuple[int, int]]:
+        try:
+            st = os.fstat(self.fd)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def intact(self) -> bool:
+        """Whether the descriptor still refers to the pipe the worker was started with."""
+        return self._read() == self.identity
+
+
 def _serve(
     inbox: Connection,
     send: Callable[[bytes], None],
+    outbox: _PipeIdentity,
     side: Optional[socket.socket],
     running: Any,
     state: BusyFlag,
@@ -169,6 +199,12 @@ def _serve(
             state.busy = False
             send(reply)
             running.value = 0
+            if not outbox.intact():
+                # The task closed the result pipe or put something else over it (dup2): its
+                # answer went nowhere, and so would every later one. Ending here, before the
+                # next task starts, charges the death to this task alone (the parent finds
+                # it unanswered in the slot's "started"); the tasks behind it run elsewhere.
+                return
             if max_memory is not None and _resident_bytes() > max_memory:
                 send(encode_message(MessageKind.RETIRING, os.getpid(), b""))
                 return
