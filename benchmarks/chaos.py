@@ -207,12 +207,13 @@ def _classify(kind: str, i: int, f: futures.Future[Any], chaos_killed: set[int])
             return None
     elif error is None and f.result() == i * i:
         return None
-    if isinstance(error, WorkerCrashedError) and error.pid in chaos_killed:
-        return "chaos"
     if isinstance(error, WorkerCrashedError) and "after an earlier task" in str(error):
         # Started on a worker after a hostile task wrote into its pipe: its answer was
-        # behind the stray bytes. Counted apart, and checked against the hostile tasks.
+        # behind the stray bytes. Counted apart (before the chaos kills: such a worker may
+        # have been killed by both, and a chaos kill fails only the task it interrupted).
         return "collateral"
+    if isinstance(error, WorkerCrashedError) and error.pid in chaos_killed:
+        return "chaos"
     if error is None:
         return f"returned {f.result()!r}"
     return f"failed with {error!r}"
