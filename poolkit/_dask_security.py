@@ -20,7 +20,8 @@ start), never in a file another process could open:
 * a dask cluster keeps its scratch files (spilled task data, which is unpickled when read
   back) under ``dask-scratch-space`` in the temporary directory, a name anyone can create
   first. :class:`PrivateCluster` gives the cluster a fresh 0700 directory instead,
-  removed at shutdown, at interpreter exit and when the executor is collected.
+  removed at shutdown, at interpreter exit and when the executor is collected; one left
+  by a killed parent is removed by the next cluster poolkit starts for the same user.
 
 A cluster the user brings is the user's to secure; :func:`warn_if_plain` says once per
 address when poolkit is asked to use one without TLS.
@@ -28,8 +29,10 @@ address when poolkit is asked to use one without TLS.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -42,6 +45,9 @@ from distributed.security import Security
 #: The role fields of a Security object that name a certificate and its key.
 _CERT_FIELDS = ("tls_client_cert", "tls_scheduler_cert", "tls_worker_cert")
 _KEY_FIELDS = ("tls_client_key", "tls_scheduler_key", "tls_worker_key")
+#: The cluster directories poolkit makes in the temporary directory, and their lock file.
+DIRECTORY_PREFIX = "poolkit-dask-"
+_LOCK_NAME = ".owner.lock"
 #: Schemes on which dask neither encrypts nor authenticates.
 PLAIN_SCHEMES = ("tcp", "ws")
 
@@ -157,18 +163,70 @@ def temporary_security() -> Any:
     )
 
 
+def _remove_abandoned(base: str) -> None:
+    """Remove the directories of clusters whose owner died without removing them (SIGKILL).
+
+    A live owner holds an exclusive lock on its directory's lock file; this user's
+    ``poolkit-dask-*`` directories whose lock anyone can take are abandoned.
+    """
+    me = os.geteuid()
+    try:
+        names = [name for name in os.listdir(base) if name.startswith(DIRECTORY_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != me:
+                continue
+            fd = os.open(os.path.join(path, _LOCK_NAME), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue  # not ours, or not a cluster's (yet)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its owner lives
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_locked_directory(base: str) -> tuple[str, int]:
+    """A new 0700 directory and the descriptor that holds its lock (see _remove_abandoned)."""
+    directory = tempfile.mkdtemp(prefix=DIRECTORY_PREFIX, dir=base)
+    try:
+        # Locked before it gets the name others look for: never seen unlocked while we live.
+        staging = os.path.join(directory, _LOCK_NAME + ".new")
+        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(staging, os.path.join(directory, _LOCK_NAME))
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return directory, fd
+
+
+def _remove_directory(directory: str, lock_fd: int) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    os.close(lock_fd)
+
+
 class PrivateCluster:
-    """What the cluster poolkit starts needs privately: its TLS credentials and its directory.
+    """What the cluster poolkit starts holds privately: TLS credentials and a directory.
 
     Use :meth:`close` once the cluster is closed; the directory is also removed at
-    interpreter exit and when this object is collected.
+    interpreter exit and when this object is collected, and, after a SIGKILL, by the next
+    ``PrivateCluster`` of the same user (the worker processes exit with their parent).
     """
 
     def __init__(self) -> None:
+        base = tempfile.gettempdir()
+        _remove_abandoned(base)
         self.security = temporary_security()
         #: Scratch space of the scheduler and the workers (dask's ``temporary-directory``).
-        self.directory = tempfile.mkdtemp(prefix="poolkit-dask-")  # mode 0700, ours
-        self._remove = weakref.finalize(self, shutil.rmtree, self.directory, True)
+        self.directory, lock_fd = _make_locked_directory(base)
+        self._remove = weakref.finalize(self, _remove_directory, self.directory, lock_fd)
 
     def close(self) -> None:
         """Remove the directory and release the credentials."""

@@ -266,6 +266,46 @@ def test_scratch_space_is_a_private_directory(own: DaskExecutor) -> None:
     assert len(local) == 3 and all(d.startswith(directory + os.sep) for d in local), local
 
 
+_HOLD_A_DIRECTORY = """
+import os, signal, sys
+from poolkit._dask_security import PrivateCluster
+private = PrivateCluster()
+print(private.directory, flush=True)
+if sys.argv[1] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_owners_directory_is_removed_by_the_next_cluster(distributed: Any) -> None:
+    pytest.importorskip("cryptography")
+    owners = {
+        how: subprocess.Popen(
+            [sys.executable, "-c", _HOLD_A_DIRECTORY, how],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for how in ("kill", "live")
+    }
+    try:
+        directories = {how: _read_line(p, 30).strip() for how, p in owners.items()}
+        assert owners["kill"].wait(30) == -9
+        assert all(os.path.isdir(d) for d in directories.values())  # SIGKILL: nothing ran
+        mine = _dask_security.PrivateCluster()
+        try:
+            assert not os.path.exists(directories["kill"]), "an abandoned directory is left"
+            assert os.path.isdir(directories["live"]), "a live owner's directory was removed"
+        finally:
+            mine.close()
+        assert not os.path.exists(mine.directory)
+    finally:
+        for process in owners.values():
+            _stop(process)
+    assert not os.path.exists(directories["live"])  # its owner exited: removed at exit
+
+
 def _handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[Optional[str], bytes]:
     """A TLS session over a socket pair: (the server's error, what the client received)."""
     server_end, client_end = socket.socketpair()
