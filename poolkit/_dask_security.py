@@ -5,26 +5,23 @@ The cluster poolkit starts for ``Executor(backend="dask")`` (no ``address=``, no
 connection to the scheduler, a nanny or a worker is enough to run code as the user who
 started the executor (a task, ``run_on_scheduler``, a worker's or nanny's ``run``). So
 every such connection is mutual TLS with credentials made for that one cluster by dask
-itself (:meth:`distributed.security.Security.temporary`): the scheduler, the nannies and
-the workers accept only a peer whose certificate that cluster's key signed. The key
-exists in the parent's memory and in the worker processes the nannies start (it travels
-to them inside the pickled ``Security`` object, through the anonymous pipe of their
-start), never in a file another process could open:
+itself (``distributed.security.Security.temporary``): the scheduler, the nannies and the
+workers accept only a peer whose certificate that cluster's key signed. The key exists in
+the parent's memory and in the worker processes the nannies start (it travels to them
+inside the pickled ``Security`` object, through the anonymous pipe of their start), never
+in a file another process could open (``poolkit._dask_credentials``).
 
-* dask loads a certificate given as PEM text by writing it, and the private key, to a
-  temporary directory for the instant ``ssl`` needs a path. :class:`MemorySecurity`
-  hands dask paths of anonymous memory files (``memfd_create``) instead:
-  ``/proc/self/fd/N`` can be opened only by this process (and by root), and the memory
-  is gone with the process, even after a SIGKILL. Where memory files do not exist, dask's
-  own way is used (a 0700 directory, removed as soon as the key is loaded).
-* a dask cluster keeps its scratch files (spilled task data, which is unpickled when read
-  back) under ``dask-scratch-space`` in the temporary directory, a name anyone can create
-  first. :class:`PrivateCluster` gives the cluster a fresh 0700 directory instead,
-  removed at shutdown, at interpreter exit and when the executor is collected; one left
-  by a killed parent is removed by the next cluster poolkit starts for the same user.
+A dask cluster keeps its scratch files (spilled task data, which is unpickled when read
+back) under ``dask-scratch-space`` in the temporary directory, a name anyone can create
+first. :class:`PrivateCluster` gives the cluster a fresh 0700 directory instead, removed
+at shutdown, at interpreter exit and when the executor is collected; one left by a killed
+parent is removed by the next cluster poolkit starts for the same user.
 
 A cluster the user brings is the user's to secure; :func:`warn_if_plain` says once per
 address when poolkit is asked to use one without TLS.
+
+Importing this module does not import distributed (importing distributed changes how
+exceptions pickle, process-wide).
 """
 
 from __future__ import annotations
@@ -40,11 +37,6 @@ import warnings
 import weakref
 from typing import Any, Optional
 
-from distributed.security import Security
-
-#: The role fields of a Security object that name a certificate and its key.
-_CERT_FIELDS = ("tls_client_cert", "tls_scheduler_cert", "tls_worker_cert")
-_KEY_FIELDS = ("tls_client_key", "tls_scheduler_key", "tls_worker_key")
 #: The cluster directories poolkit makes in the temporary directory, and their lock file.
 DIRECTORY_PREFIX = "poolkit-dask-"
 _LOCK_NAME = ".owner.lock"
@@ -62,105 +54,6 @@ class InsecureClusterWarning(UserWarning):
     Anyone who can reach that scheduler or its workers can run code on them and read every
     task. Issued once per address; see docs/distributed.md ("Security").
     """
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def _memory_file(name: str, text: str) -> int:
-    """An anonymous memory file holding ``text`` (its descriptor, not inherited by exec)."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        data = text.encode()
-        while data:
-            data = data[os.write(fd, data) :]
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-class MemorySecurity(Security):
-    """A dask ``Security`` whose certificate and key are read from memory files.
-
-    Built from the PEM text of one certificate (also the cluster's CA) and its key, as
-    made by ``Security.temporary()``; every role (client, scheduler, worker) uses them.
-    Pickled, it carries the PEM text and makes its own memory files where it is unpickled
-    (a worker process), since a descriptor number means nothing in another process.
-    """
-
-    # No __slots__ here: Security checks its keyword arguments against ``self.__slots__``.
-
-    def __init__(self, ca_pem: str, cert_pem: str, key_pem: str, **options: Any) -> None:
-        fds: list[int] = []
-        try:
-            fds.append(_memory_file("poolkit-dask-cert", cert_pem))
-            fds.append(_memory_file("poolkit-dask-key", key_pem))
-        except BaseException:
-            _close_all(fds)
-            raise
-        # A path without a newline is a file name to dask: it hands it to ssl as is.
-        cert_path, key_path = (f"/proc/self/fd/{fd}" for fd in fds)
-        roles = {field: cert_path for field in _CERT_FIELDS}
-        roles.update({field: key_path for field in _KEY_FIELDS})
-        super().__init__(  # type: ignore[no-untyped-call]  # distributed: no hints here
-            require_encryption=True, tls_ca_file=ca_pem, **roles, **options
-        )
-        self._pem = (ca_pem, cert_pem, key_pem)
-        self._fds = fds
-        weakref.finalize(self, _close_all, fds)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), self._pem)
-
-    def close(self) -> None:
-        """Release the memory files; the object cannot make TLS contexts afterwards."""
-        _close_all(self._fds)
-        self._fds.clear()
-
-
-def memory_files_work() -> bool:
-    """Whether memory files can be made and opened by path here (Linux 3.17+ with /proc)."""
-    if not hasattr(os, "memfd_create"):
-        return False
-    try:
-        fd = _memory_file("poolkit-probe", "x")
-    except OSError:
-        return False
-    try:
-        with open(f"/proc/self/fd/{fd}") as f:
-            return f.read() == "x"
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def temporary_security() -> Any:
-    """Fresh mutual-TLS credentials for one cluster, which only its own processes hold.
-
-    Raises:
-        ImportError: the ``cryptography`` package is missing (``pip install
-            'poolkit[dask]'`` installs it).
-    """
-    try:
-        generated = Security.temporary()  # type: ignore[no-untyped-call]
-    except ImportError as exc:
-        raise ImportError(
-            "backend='dask' secures the cluster it starts with TLS credentials made by "
-            "distributed.security.Security.temporary(), which needs the 'cryptography' "
-            "package: pip install 'poolkit[dask]'"
-        ) from exc
-    if not memory_files_work():
-        return generated  # dask's own handling: a 0700 directory for the instant of loading
-    return MemorySecurity(
-        generated.tls_ca_file, generated.tls_client_cert, generated.tls_client_key
-    )
 
 
 def _remove_abandoned(base: str) -> None:
@@ -223,6 +116,8 @@ class PrivateCluster:
     def __init__(self) -> None:
         base = tempfile.gettempdir()
         _remove_abandoned(base)
+        from ._dask_credentials import temporary_security  # imports distributed
+
         self.security = temporary_security()
         #: Scratch space of the scheduler and the workers (dask's ``temporary-directory``).
         self.directory, lock_fd = _make_locked_directory(base)

@@ -1,5 +1,8 @@
 """The dask cluster poolkit starts is its owner's alone: tested as an attacker would.
 
+(Nothing here imports distributed at collection: its import changes exception pickling
+for every later test module; the ``distributed`` fixture of test_dask undoes it.)
+
 An attacker (``dask_attack.py``) in another process, without the cluster's credentials,
 tries to run code on the scheduler, on every worker and on every nanny, over plain TCP and
 over TLS with no certificate or one of its own; it asks every HTTP port for what dask
@@ -234,8 +237,10 @@ def test_the_attacker_gets_into_a_plain_cluster(
 
 def test_credentials_live_in_memory_files_only(own: DaskExecutor) -> None:
     """The key is never in a file another process could open: dask gets memory files."""
+    from poolkit._dask_credentials import MemorySecurity
+
     security = own.cluster.security
-    assert isinstance(security, _dask_security.MemorySecurity)
+    assert isinstance(security, MemorySecurity)
     assert "BEGIN CERTIFICATE" in security.tls_ca_file  # the CA: in memory (ssl's cadata)
 
     def where_the_credentials_are(dask_worker: Any = None) -> list[str]:
@@ -338,10 +343,13 @@ def test_temporary_credentials_admit_holders_only(
 ) -> None:
     """Both ways of holding the key (and a copy as a worker unpickles it) do mutual TLS."""
     pytest.importorskip("cryptography")
+    from poolkit import _dask_credentials
+    from poolkit._dask_credentials import MemorySecurity
+
     if not memory_files:
-        monkeypatch.setattr(_dask_security, "memory_files_work", lambda: False)
-    security = _dask_security.temporary_security()
-    assert isinstance(security, _dask_security.MemorySecurity) is memory_files
+        monkeypatch.setattr(_dask_credentials, "memory_files_work", lambda: False)
+    security = _dask_credentials.temporary_security()
+    assert isinstance(security, MemorySecurity) is memory_files
     worker_copy = pickle.loads(pickle.dumps(security))
     try:
         listen = worker_copy.get_listen_args("worker")["ssl_context"]
@@ -360,7 +368,7 @@ def test_temporary_credentials_admit_holders_only(
         assert error is not None and received == b""
     finally:
         for held in (security, worker_copy):
-            if isinstance(held, _dask_security.MemorySecurity):
+            if isinstance(held, MemorySecurity):
                 held.close()
 
 
