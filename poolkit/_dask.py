@@ -48,17 +48,15 @@ import threading
 import uuid
 import weakref
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar
+from typing import Any, Callable, Literal, Optional, TypeVar
 
 from ._dask_runner import run_task
+from ._dask_security import PrivateCluster, warn_if_plain
 from ._errors import BrokenProcessPool, WorkerCrashedError
 from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
 from ._messages import decode_message
 from ._tasks import TaskFuture, TaskState, fail, resolve
 from ._thread_signals import leave_signals_to_other_threads
-
-if TYPE_CHECKING:  # imports distributed, which this module may not import until asked
-    from ._dask_security import PrivateCluster
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +136,8 @@ class DaskExecutor(TaskFrontend):
             (one thread each) of the local cluster poolkit starts, bound to 127.0.0.1 and
             reachable only with the TLS credentials poolkit made for it (mutual TLS: no
             other user of the machine can connect). Default: the CPUs this process may
-            use. Not allowed with ``address`` or
-            ``client`` (the cluster's size is the cluster's business).
+            use. Not allowed with ``address`` or ``client`` (the cluster's size is the
+            cluster's business).
         address: the scheduler to connect to, e.g. ``"tcp://10.0.0.5:8786"`` (anything
             ``distributed.Client`` accepts as an address). poolkit creates a client and
             closes it on shutdown; the cluster itself is never stopped. A plain
@@ -192,8 +190,6 @@ class DaskExecutor(TaskFrontend):
                     "client= the cluster's own workers are used"
                 )
         distributed = import_distributed()
-        from ._dask_security import warn_if_plain
-
         cluster = private = None
         if client is not None:
             if not isinstance(client, distributed.Client):
@@ -360,8 +356,6 @@ def _start_local_cluster(distributed: Any, workers: int) -> tuple[Any, PrivateCl
     """
     import dask.config
 
-    from ._dask_security import PrivateCluster
-
     private = PrivateCluster()
     # The nannies copy the dask configuration into every worker they start (and restart).
     config = dict(LOCAL_CLUSTER_CONFIG, **{"temporary-directory": private.directory})
@@ -376,16 +370,31 @@ def _start_local_cluster(distributed: Any, workers: int) -> tuple[Any, PrivateCl
                 # certificate: TLS with client certificates required.
                 protocol="tls",
                 security=private.security,
-                # No dashboard. The HTTP servers dask starts anyway listen on the host
-                # above, on free ports (the scheduler's would take 8787), with no routes.
+                # No dashboard. The HTTP servers dask starts anyway get no routes and
+                # listen on loopback, on free ports: the scheduler's would take 8787, and
+                # a worker's without an address binds to every interface in distributed
+                # 2024.8 (the last for Python 3.9), so it gets one and the nanny turns
+                # the worker's dashboard off again.
                 dashboard_address=None,
-                worker_dashboard_address=None,
                 scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                worker_dashboard_address="127.0.0.1:0",
+                worker_class=_nanny_without_dashboard(distributed),
             )
     except BaseException:
         private.close()
         raise
     return cluster, private
+
+
+def _nanny_without_dashboard(distributed: Any) -> Any:
+    """A ``Nanny`` whose worker has no dashboard, whatever its dashboard address."""
+
+    class NannyWithoutDashboard(distributed.Nanny):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["dashboard"] = False
+            super().__init__(*args, **kwargs)
+
+    return NannyWithoutDashboard
 
 
 def _executing_keys(dask_worker: Any) -> list[str]:

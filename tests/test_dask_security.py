@@ -262,6 +262,15 @@ def test_credentials_live_in_memory_files_only(own: DaskExecutor) -> None:
             assert target.startswith("/memfd:poolkit-dask-") and target.endswith("(deleted)")
 
 
+def test_no_dashboard_anywhere(own: DaskExecutor) -> None:
+    """The HTTP servers have an address on loopback (required: distributed 2024.8 would
+    bind a worker's to every interface), yet no worker runs its dashboard."""
+    flags = own.client.run(
+        lambda dask_worker: (dask_worker._dashboard, dask_worker._dashboard_address)
+    )
+    assert list(flags.values()) == [(False, "127.0.0.1:0")] * 2
+
+
 def test_scratch_space_is_a_private_directory(own: DaskExecutor) -> None:
     directory = own._session.private.directory  # type: ignore[union-attr]
     info = os.stat(directory)
