@@ -42,7 +42,7 @@ def _start(tls: bool, workers: int) -> tuple[Any, Any, dict[str, float]]:
     import dask.config
     import distributed
 
-    from poolkit._dask import LOCAL_CLUSTER_CONFIG
+    from poolkit._dask import LOCAL_CLUSTER_CONFIG, _nanny_without_dashboard
     from poolkit._dask_security import PrivateCluster
 
     timings: dict[str, float] = {}
@@ -60,8 +60,9 @@ def _start(tls: bool, workers: int) -> tuple[Any, Any, dict[str, float]]:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
-            worker_dashboard_address=None,
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            worker_dashboard_address="127.0.0.1:0",
+            worker_class=_nanny_without_dashboard(distributed),
             **options,
         )
     client = distributed.Client(cluster, set_as_default=False)
