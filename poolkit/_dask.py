@@ -51,7 +51,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Literal, Optional, TypeVar
 
 from ._dask_runner import run_task
-from ._dask_security import PrivateCluster, warn_if_plain
+from ._dask_security import PrivateCluster, check_address
 from ._errors import BrokenProcessPool, WorkerCrashedError
 from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
 from ._messages import decode_message
@@ -153,9 +153,10 @@ class DaskExecutor(TaskFrontend):
             ``cryptography`` is not (``pip install 'poolkit[dask]'``).
         TypeError: an argument has the wrong type.
         ValueError: both ``address`` and ``client``; ``max_workers`` with one of them or
-            not positive; ``security`` without ``address``; an option of the local
-            backends (``start_method``, ``initializer``, ``max_tasks_per_child``, ...) that
-            does not apply to dask.
+            not positive; ``security`` without ``address``; a ``tls://`` address without
+            ``security`` (nor credentials in dask's configuration); an option of the
+            local backends (``start_method``, ``initializer``, ``max_tasks_per_child``,
+            ...) that does not apply to dask.
         OSError: the scheduler cannot be reached (from ``distributed.Client``).
     """
 
@@ -198,7 +199,7 @@ class DaskExecutor(TaskFrontend):
                 raise ValueError("an asynchronous distributed.Client cannot back an Executor")
             owns_client = False
         elif address is not None:
-            warn_if_plain(address, security)
+            check_address(address, security)
             client = distributed.Client(address, security=security, set_as_default=False)
             owns_client = True
         else:

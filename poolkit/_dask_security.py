@@ -17,7 +17,7 @@ first. :class:`PrivateCluster` gives the cluster a fresh 0700 directory instead,
 at shutdown, at interpreter exit and when the executor is collected; one left by a killed
 parent is removed by the next cluster poolkit starts for the same user.
 
-A cluster the user brings is the user's to secure; :func:`warn_if_plain` says once per
+A cluster the user brings is the user's to secure; :func:`check_address` says once per
 address when poolkit is asked to use one without TLS.
 
 Importing this module does not import distributed (importing distributed changes how
@@ -148,19 +148,38 @@ def _caller_stacklevel() -> int:
     return level
 
 
-def warn_if_plain(address: Any, security: Any) -> None:
-    """Warn once per address when ``address`` is a plain-TCP scheduler and no security given.
+def check_address(address: Any, security: Any) -> None:
+    """Before connecting to ``address``: warn about plain TCP, refuse TLS without credentials.
 
-    An address without a scheme is plain too unless dask's default scheme says otherwise.
+    Without ``security``: a plain-TCP scheduler (``tcp://``, ``ws://``, or no scheme while
+    dask's default is tcp) gets an :class:`InsecureClusterWarning`, once per address; a
+    ``tls://`` one, when dask's configuration holds no client certificate either, is a
+    ValueError here rather than an error from inside distributed.Client (which then
+    leaves its event loop behind).
+
+    Raises:
+        ValueError: a ``tls://`` address, no ``security``, no credentials configured.
     """
     if security is not None or not isinstance(address, str):
         return
+    import dask.config
     from distributed.comm.addressing import parse_address
+    from distributed.security import Security
 
     try:
         scheme, _ = parse_address(address)
     except ValueError:
         return  # distributed.Client reports a malformed address itself
+    if scheme == "tls":
+        loader = dask.config.get("distributed.client.security-loader", None)
+        configured = Security()  # type: ignore[no-untyped-call]  # from dask's config
+        if not loader and not getattr(configured, "tls_client_cert", None):
+            raise ValueError(
+                f"the dask scheduler at {address} speaks TLS: pass security= (a "
+                "distributed.security.Security with this client's certificate and key), or "
+                "configure distributed.comm.tls.client.* (see docs/distributed.md, 'Security')"
+            )
+        return
     if scheme not in PLAIN_SCHEMES:
         return
     with _warned_lock:
