@@ -84,6 +84,9 @@ class MemorySecurity(Security):
         """Release the memory files; the object cannot make TLS contexts afterwards."""
         _close_all(self._fds)
         self._fds.clear()
+        # The descriptor numbers will be reused: never let ssl read what gets them next.
+        for field in (*_CERT_FIELDS, *_KEY_FIELDS):
+            setattr(self, field, os.devnull)
 
 
 def memory_files_work() -> bool:

@@ -381,6 +381,27 @@ def test_temporary_credentials_admit_holders_only(
                 held.close()
 
 
+def test_closed_credentials_never_read_a_reused_descriptor(distributed: Any) -> None:
+    pytest.importorskip("cryptography")
+    from poolkit._dask_credentials import temporary_security
+
+    security = temporary_security()
+    paths = {security.tls_client_cert, security.tls_client_key}
+    security.close()
+    # Its descriptor numbers now belong to whatever opens a file next; it reads none of them.
+    assert paths.isdisjoint({security.tls_client_cert, security.tls_client_key})
+    with pytest.raises(ssl.SSLError):
+        security.get_connection_args("client")
+
+
+def test_missing_cryptography_names_the_extra(
+    distributed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography", None)
+    with pytest.raises(ImportError, match=r"cryptography.*pip install 'poolkit\[dask\]'"):
+        poolkit.Executor(backend="dask", max_workers=1)
+
+
 # ------------------------------------------------------ a cluster the user brings
 
 
