@@ -12,12 +12,15 @@ open.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +178,73 @@ def test_every_descriptor_of_a_running_pool_is_private(start_method: str, tmp_pa
     kinds = {t.split(":")[0] for fds in processes.values() for t in fds.values()}
     assert {"pipe", "socket", "/memfd"} <= kinds, kinds
     assert any("/memfd:poolkit-buffer" in m for m in mapped.values()), "no memory file seen"
+
+
+# ------------------------------------------------- and as another user would try
+
+_CONNECT_AS_NOBODY = """
+import json, os, socket, sys
+paths = json.loads(sys.argv[1])
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+outcomes = {}
+for path in paths:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path.replace("@", "\\0", 1) if path.startswith("@") else path)
+        outcomes[path] = "connected"
+    except OSError as exc:
+        outcomes[path] = exc.strerror or repr(exc)
+    finally:
+        sock.close()
+print(json.dumps(outcomes))
+"""
+
+
+def _connect_as_nobody(paths: list[str]) -> dict[str, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _CONNECT_AS_NOBODY, json.dumps(paths)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    outcomes: dict[str, str] = json.loads(done.stdout)
+    return outcomes
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setuid needs root")
+def test_another_user_cannot_connect_to_any_named_socket_of_a_pool(
+    start_method: str, open_dir: Path
+) -> None:
+    with poolkit.Executor(max_workers=2, start_method=start_method) as ex:
+        _exercise(ex)
+        sockets = socket_table()
+        named = set()
+        for pid in {os.getpid(), *descendants(os.getpid())}:
+            try:
+                targets = descriptors(pid).values()
+            except OSError:
+                continue
+            for target in targets:
+                inode = socket_inode(target)
+                entry = sockets.get(inode) if inode is not None else None
+                if entry is not None and entry.kind == "unix" and entry.listening:
+                    named.add(entry.local)
+        # The control: a socket anyone may connect to, which nobody does reach.
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        control.bind(str(open_dir / "control.sock"))
+        os.chmod(open_dir / "control.sock", 0o777)
+        control.listen()
+        try:
+            outcomes = _connect_as_nobody([*sorted(named - {""}), str(open_dir / "control.sock")])
+        finally:
+            control.close()
+    assert outcomes.pop(str(open_dir / "control.sock")) == "connected"
+    assert "connected" not in outcomes.values(), outcomes
+    if start_method == "forkserver":  # multiprocessing's forkserver listens on a path
+        assert outcomes and set(outcomes.values()) == {"Permission denied"}, outcomes
 
 
 # --------------------------------------------------- the audit is able to fail
