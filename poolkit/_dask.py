@@ -31,6 +31,11 @@ Faults (see docs/distributed.md):
   default, on clusters started elsewhere, is 3.
 - A lost scheduler: the client cancels every future it holds; each pending poolkit future
   fails with ``BrokenProcessPool`` naming the scheduler, and the executor is broken.
+
+Security (``poolkit._dask_security``): the cluster poolkit starts speaks mutual TLS with
+credentials made for it, so no other local user can connect to it; its HTTP servers serve
+nothing. A cluster given by ``address=`` or ``client=`` is the user's to secure: poolkit
+passes ``security=`` on to the client and warns once about a plain ``tcp://`` address.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Literal, Optional, TypeVar
 
 from ._dask_runner import run_task
+from ._dask_security import PrivateCluster, check_address
 from ._errors import BrokenProcessPool, WorkerCrashedError
 from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
 from ._messages import decode_message
@@ -60,10 +66,14 @@ INSTALL_HINT = "pip install 'poolkit[dask]'"
 #: Scheduler settings of the cluster poolkit starts: a task whose worker dies is re-run on
 #: another worker at most once (a task queued behind a crash survives it; a task that kills
 #: every worker it runs on fails after two deaths), and workers are not handed more map
-#: chunks than they have threads.
-LOCAL_CLUSTER_CONFIG = {
+#: chunks than they have threads. Their HTTP servers (which dask starts even without a
+#: dashboard, on loopback) get no routes: the task names, logs and metrics they would
+#: show are nobody else's business, and the scheduler's would be reachable without TLS.
+LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
     "distributed.scheduler.allowed-failures": 1,
     "distributed.scheduler.worker-saturation": 1.0,
+    "distributed.scheduler.http.routes": [],
+    "distributed.worker.http.routes": [],
 }
 #: Constructor options of the local backends that have no meaning on a dask cluster.
 LOCAL_ONLY_OPTIONS = (
@@ -123,21 +133,30 @@ class DaskExecutor(TaskFrontend):
 
     Args:
         max_workers: with neither ``address`` nor ``client``: the number of worker processes
-            (one thread each) of the local cluster poolkit starts, bound to 127.0.0.1.
-            Default: the CPUs this process may use. Not allowed with ``address`` or
-            ``client`` (the cluster's size is the cluster's business).
+            (one thread each) of the local cluster poolkit starts, bound to 127.0.0.1 and
+            reachable only with the TLS credentials poolkit made for it (mutual TLS: no
+            other user of the machine can connect). Default: the CPUs this process may
+            use. Not allowed with ``address`` or ``client`` (the cluster's size is the
+            cluster's business).
         address: the scheduler to connect to, e.g. ``"tcp://10.0.0.5:8786"`` (anything
             ``distributed.Client`` accepts as an address). poolkit creates a client and
-            closes it on shutdown; the cluster itself is never stopped.
+            closes it on shutdown; the cluster itself is never stopped. A plain
+            ``tcp://`` address without ``security`` gives a
+            ``poolkit._dask_security.InsecureClusterWarning`` (once per address).
+        security: with ``address`` only: passed to ``distributed.Client`` as is (a
+            ``distributed.security.Security``, e.g. for a ``tls://`` scheduler).
         client: an existing ``distributed.Client`` (not asynchronous). poolkit uses it and
             never closes it.
 
     Raises:
-        ImportError: dask.distributed is not installed (``pip install 'poolkit[dask]'``).
+        ImportError: dask.distributed is not installed, or (for the local cluster)
+            ``cryptography`` is not (``pip install 'poolkit[dask]'``).
         TypeError: an argument has the wrong type.
         ValueError: both ``address`` and ``client``; ``max_workers`` with one of them or
-            not positive; an option of the local backends (``start_method``,
-            ``initializer``, ``max_tasks_per_child``, ...) that does not apply to dask.
+            not positive; ``security`` without ``address``; a ``tls://`` address without
+            ``security`` (nor credentials in dask's configuration); an option of the
+            local backends (``start_method``, ``initializer``, ``max_tasks_per_child``,
+            ...) that does not apply to dask.
         OSError: the scheduler cannot be reached (from ``distributed.Client``).
     """
 
@@ -148,6 +167,7 @@ class DaskExecutor(TaskFrontend):
         backend: Optional[str] = "dask",
         address: Any = None,
         client: Any = None,
+        security: Any = None,
         **local_options: Any,
     ) -> None:
         if backend != "dask":
@@ -155,6 +175,11 @@ class DaskExecutor(TaskFrontend):
         _reject_local_options(local_args, local_options)
         if address is not None and client is not None:
             raise ValueError("give the scheduler's address or a client, not both")
+        if security is not None and address is None:
+            raise ValueError(
+                "security= goes with address=: a client passed in has its own, and the "
+                "cluster poolkit starts gets TLS credentials made for it"
+            )
         if max_workers is not None:
             if not isinstance(max_workers, int) or isinstance(max_workers, bool):
                 raise TypeError(f"max_workers must be an int, got {type(max_workers).__name__}")
@@ -166,7 +191,7 @@ class DaskExecutor(TaskFrontend):
                     "client= the cluster's own workers are used"
                 )
         distributed = import_distributed()
-        cluster = None
+        cluster = private = None
         if client is not None:
             if not isinstance(client, distributed.Client):
                 raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
@@ -174,14 +199,16 @@ class DaskExecutor(TaskFrontend):
                 raise ValueError("an asynchronous distributed.Client cannot back an Executor")
             owns_client = False
         elif address is not None:
-            client = distributed.Client(address, set_as_default=False)
+            check_address(address, security)
+            client = distributed.Client(address, security=security, set_as_default=False)
             owns_client = True
         else:
-            cluster = _start_local_cluster(distributed, max_workers or default_workers())
+            cluster, private = _start_local_cluster(distributed, max_workers or default_workers())
             try:
                 client = distributed.Client(cluster, set_as_default=False)
             except BaseException:
                 cluster.close()
+                private.close()
                 raise
             owns_client = True
         try:
@@ -191,9 +218,11 @@ class DaskExecutor(TaskFrontend):
                 client.close()
             if cluster is not None:
                 cluster.close()
+            if private is not None:
+                private.close()
             raise
         self._init_frontend(max(1, threads))
-        self._session = _Session(client, cluster, owns_client)
+        self._session = _Session(client, cluster, owns_client, private)
         # An executor dropped without shutdown() behaves as if shutdown(wait=False) was called.
         weakref.finalize(self, self._session.request_stop)
         self._session.start()
@@ -320,22 +349,53 @@ def _reject_local_options(args: tuple[Any, ...], options: dict[str, Any]) -> Non
         )
 
 
-def _start_local_cluster(distributed: Any, workers: int) -> Any:
-    """A LocalCluster of ``workers`` single-threaded processes, reachable only from here."""
+def _start_local_cluster(distributed: Any, workers: int) -> tuple[Any, PrivateCluster]:
+    """A LocalCluster of ``workers`` single-threaded processes that only its owner can use.
+
+    Returns the cluster and what it holds privately (credentials, scratch directory), to
+    be closed after the cluster.
+    """
     import dask.config
 
-    with dask.config.set(LOCAL_CLUSTER_CONFIG):
-        return distributed.LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            # The HTTP endpoints (dashboard if bokeh is installed, /health, metrics) of the
-            # scheduler and of every worker listen on loopback only, on free ports: older
-            # distributed (2024.8, the last for Python 3.9) binds a worker's to 0.0.0.0.
-            dashboard_address="127.0.0.1:0",
-            worker_dashboard_address="127.0.0.1:0",
-        )
+    private = PrivateCluster()
+    # The nannies copy the dask configuration into every worker they start (and restart).
+    config = dict(LOCAL_CLUSTER_CONFIG, **{"temporary-directory": private.directory})
+    try:
+        with dask.config.set(config):
+            cluster = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                # Scheduler, nannies and workers accept only peers holding this cluster's
+                # certificate: TLS with client certificates required.
+                protocol="tls",
+                security=private.security,
+                # No dashboard. The HTTP servers dask starts anyway get no routes and
+                # listen on loopback, on free ports: the scheduler's would take 8787, and
+                # a worker's without an address binds to every interface in distributed
+                # 2024.8 (the last for Python 3.9), so it gets one and the nanny turns
+                # the worker's dashboard off again.
+                dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                worker_dashboard_address="127.0.0.1:0",
+                worker_class=_nanny_without_dashboard(distributed),
+            )
+    except BaseException:
+        private.close()
+        raise
+    return cluster, private
+
+
+def _nanny_without_dashboard(distributed: Any) -> Any:
+    """A ``Nanny`` whose worker has no dashboard, whatever its dashboard address."""
+
+    class NannyWithoutDashboard(distributed.Nanny):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["dashboard"] = False
+            super().__init__(*args, **kwargs)
+
+    return NannyWithoutDashboard
 
 
 def _executing_keys(dask_worker: Any) -> list[str]:
@@ -357,10 +417,13 @@ class _Session:
     resolves their futures. Kept apart from the executor so that the thread does not keep
     an abandoned executor alive."""
 
-    def __init__(self, client: Any, cluster: Any, owns_client: bool) -> None:
+    def __init__(
+        self, client: Any, cluster: Any, owns_client: bool, private: Optional[PrivateCluster]
+    ) -> None:
         self.client = client
         self.cluster = cluster
         self.owns_client = owns_client
+        self.private = private
         self.address = getattr(client.scheduler, "address", None) or "the scheduler"
         self.lock = threading.Lock()
         #: dask key -> (the task, its dask future), until the future is resolved
@@ -568,6 +631,8 @@ class _Session:
                 self.cluster.close()
             except Exception as exc:
                 logger.warning("closing the local dask cluster failed: %r", exc)
+        if self.private is not None:
+            self.private.close()
 
 
 def _worker_crashed(fn_name: str, killed: BaseException) -> WorkerCrashedError:

@@ -40,6 +40,9 @@ from poolkit import BrokenProcessPool, RemoteTraceback, WorkerCrashedError
 from poolkit._dask import LOCAL_CLUSTER_CONFIG, DaskExecutor
 
 TESTS_DIR = str(Path(__file__).parent)
+# The module's cluster is a plain-TCP one on loopback, as a user may bring: poolkit warns
+# about it once (tests/test_dask_security.py checks the warning).
+pytestmark = pytest.mark.filterwarnings("ignore:the dask scheduler at tcp.*:UserWarning")
 
 _CLUSTER_SCRIPT = """
 import json, sys
@@ -435,7 +438,7 @@ def _listening(pid: int) -> list[str]:
 def test_own_local_cluster_is_loopback_only_and_stops(distributed: Any) -> None:
     """No address: poolkit starts a LocalCluster on 127.0.0.1 and stops it at shutdown."""
     with poolkit.Executor(backend="dask", max_workers=1) as ex:
-        assert ex.max_workers == 1 and ex.address.startswith("tcp://127.0.0.1:")
+        assert ex.max_workers == 1 and ex.address.startswith("tls://127.0.0.1:")
         worker_pids = list(ex.client.run(os.getpid).values())
         addresses = _listening(os.getpid()) + [ip for p in worker_pids for ip in _listening(p)]
         assert addresses and set(addresses) == {"127.0.0.1"}
