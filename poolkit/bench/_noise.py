@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Optional
@@ -186,7 +186,7 @@ class Ranking:
         }
 
 
-def rank(samples: dict[str, Sequence[float]], higher_is_better: bool) -> Ranking:
+def rank(samples: Mapping[str, Sequence[float]], higher_is_better: bool) -> Ranking:
     """Rank candidates by median and find who the best one beats by the rule."""
     medians = {name: statistics.median(values) for name, values in samples.items() if values}
     ordered = sorted(medians, key=lambda name: medians[name], reverse=higher_is_better)

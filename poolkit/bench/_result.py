@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from ._machine import LoadCheck
 from ._pkbench.catalog import PEER_TITLES, WORKLOADS_BY_NAME, Metric, Workload, metric_label
 from ._stats import Stat
+
+if TYPE_CHECKING:
+    from ._verdict import Verdict
 
 CellKey = tuple[str, str, str, str]  # workload, metric key, method, implementation
 
@@ -39,6 +43,7 @@ class BenchResult:
     skipped: dict[str, str] = field(default_factory=dict)  #: peer -> why it was not measured
     problems: list[str] = field(default_factory=list)  #: errors and leftover processes
     seconds: float = 0.0
+    load: Optional[LoadCheck] = None  #: how busy the machine was before, during and after
 
     # ------------------------------------------------------------------ queries
 
@@ -94,6 +99,12 @@ class BenchResult:
         if mine is None or not theirs:
             return None
         return mine / theirs
+
+    def verdict(self) -> Verdict:
+        """Which start method to use here, and why, by the noise rule (see ``_verdict``)."""
+        from ._verdict import build
+
+        return build(self)
 
     # ------------------------------------------------------------------ export
 
@@ -161,6 +172,8 @@ class BenchResult:
             "rows": self.rows(),
             "skipped": self.skipped,
             "problems": self.problems,
+            "load": None if self.load is None else self.load.to_dict(),
+            "verdict": self.verdict().to_dict(),
         }
 
     @classmethod
@@ -178,6 +191,7 @@ class BenchResult:
             skipped=dict(data.get("skipped", {})),
             problems=list(data.get("problems", [])),
             seconds=float(config.get("seconds", 0.0)),
+            load=LoadCheck.from_dict(data["load"]) if data.get("load") else None,
         )
         for entry in data.get("cells", []):
             stat = None if entry["stat"] is None else Stat.from_dict(entry["stat"])
