@@ -81,6 +81,14 @@ For times and sizes the ratio must be at most the bound, for rates and speed-ups
 PASS and MISS are computed from the results below (`poolkit/bench/_goals.py`); nothing is
 carried over from another run.
 """
+VERDICT = """\
+## Verdict
+
+Which start method to use on this machine, by what a user cares about, and how poolkit placed
+among the peers, from the numbers of this run (`poolkit/bench/_verdict.py`). A row names a
+winner only where the repetitions show one beyond their own noise; the rule is stated first.
+`python -m poolkit bench` prints the same verdict for the start methods alone.
+"""
 QUICK_NOTE = "\nThis was a `--quick` run: small sizes, one round; the ratios are indicative only.\n"
 FORK_NOTE = """
 The fork backend forks its workers' replacements from a template process, never from the
@@ -107,10 +115,11 @@ def write_doc(
             parts.append(FORK_NOTE)
         if result.quick:
             parts.append(QUICK_NOTE)
+    parts += [VERDICT, "\n".join(result.verdict().markdown()) + "\n"]
     if chart:
         parts.append(f"![poolkit and peers by start method]({os.path.basename(chart)})\n")
     parts.append("## Results\n")
-    parts.append(result.to_markdown())
+    parts.append(result.to_markdown(verdict=False))  # the verdict is above
     with open(path, "w") as out:
         out.write("\n".join(parts))
 
@@ -225,11 +234,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run the suite and write the docs; returns 1 if --compare found a regression."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
-    parser.add_argument("--repeat", type=int, help="repetitions (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--workers", type=int, help="pool size (default: usable CPUs)")
     parser.add_argument("--methods", help="start methods (default: all)")
     parser.add_argument("--against", default="all", help="peers (default: all installed)")
-    parser.add_argument("--workloads", help="a subset of the workloads (default: all)")
+    parser.add_argument(
+        "--workloads", default="all", help="a subset of the workloads (default: all)"
+    )
     parser.add_argument("--out", default=os.path.join(DOCS, "benchmarks.md"))
     parser.add_argument("--json", default=None, help="default: next to --out, .json")
     parser.add_argument("--png", default=None, help="default: next to --out, .png")

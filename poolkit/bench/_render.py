@@ -176,8 +176,8 @@ def render_text(result: BenchResult) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_markdown(result: BenchResult, level: int = 3) -> str:
-    """The report as Markdown: the header as a list, then one table each."""
+def render_markdown(result: BenchResult, level: int = 3, verdict: bool = True) -> str:
+    """The report as Markdown: the header as a list, one table each, then the verdict."""
     tables, notes = build_tables(result)
     out = [f"- {line}" for line in header_lines(result)]
     for table in tables:
@@ -190,7 +190,8 @@ def render_markdown(result: BenchResult, level: int = 3) -> str:
                 for c, text in enumerate(row)
             ]
             out.append("| " + " | ".join(cells) + " |")
-    out += ["", f"{'#' * level} Verdict", "", *result.verdict().markdown()]
+    if verdict:
+        out += ["", f"{'#' * level} Verdict", "", *result.verdict().markdown()]
     if len(result.impls) > 1:
         out += ["", RATIO_NOTE]
     if notes:
@@ -218,4 +219,7 @@ def render_html(result: BenchResult) -> str:
             parts.append("<tr>" + "".join(cells) + "</tr>")
         parts.append("</table>")
     parts.extend(f"<p>[{i}] {html.escape(n)}</p>" for i, n in enumerate(notes, start=1))
+    parts.append("<h4>verdict</h4><pre>")
+    parts.extend(html.escape(line) for line in result.verdict().lines())
+    parts.append("</pre>")
     return "\n".join(parts)

@@ -211,11 +211,11 @@ class BenchResult:
 
         return render_text(self)
 
-    def to_markdown(self) -> str:
-        """The report as Markdown tables."""
+    def to_markdown(self, verdict: bool = True) -> str:
+        """The report as Markdown tables (and the verdict, unless ``verdict=False``)."""
         from ._render import render_markdown
 
-        return render_markdown(self)
+        return render_markdown(self, verdict=verdict)
 
     def __str__(self) -> str:
         return self.to_text()
