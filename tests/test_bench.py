@@ -496,6 +496,9 @@ def test_suite_writes_targets_and_exits_non_zero_on_a_regression(
     assert "targets met: 1 of 3 (fork 1/3)" in printed
     doc = out.read_text()
     assert "## Targets" in doc and doc.index("## Targets") < doc.index("## Results")
+    # The verdict section is written, once, between the targets and the results.
+    assert doc.index("## Targets") < doc.index("## Verdict") < doc.index("## Results")
+    assert doc.count("Verdict\n") == 1 and "Mann-Whitney U" in doc and "Measured on: " in doc
     assert "| submit burst, 20,000 no-ops waited together | >= 8x stdlib PPE | **5.00x" not in doc
     assert "| submit burst, 20,000 no-ops waited together | >= 8x stdlib PPE | 5.00x MISS |" in doc
     assert "| 32 MiB numpy float64 array round trip" in doc and "3.00x MISS" in doc
@@ -532,6 +535,7 @@ def test_render_rewrites_the_page_of_a_saved_run_without_measuring(
     assert suite.main(["--render", str(saved), "--out", str(out)]) == 0
     doc = out.read_text()
     assert "python benchmarks/run.py --repeat 5" in doc
+    assert "## Verdict" in doc and "- only fork was measured: nothing to compare" in doc
     assert "2.00x MISS" in doc and "**10.00x PASS**" in doc
     assert "performance.md#fork-where-cold-start-respawn-and-memory-go" in doc
     # Without a fork miss of those three, the page does not explain one.

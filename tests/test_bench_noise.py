@@ -90,6 +90,7 @@ def test_fewer_than_three_repetitions_never_name_a_winner() -> None:
     verdict = compare([1.0, 1.1], [50.0, 51.0], higher_is_better=False)
     assert not verdict.beats and verdict.p is None and "too few repetitions" in verdict.why
     assert rank({"fork": [1.0], "spawn": [50.0]}, False).text() == "tied"
+    assert rank({"fork": [1.0], "spawn": []}, False).text() == "only fork"
 
 
 def test_a_separated_but_tiny_difference_is_a_tie() -> None:
@@ -103,6 +104,6 @@ def test_a_separated_but_tiny_difference_is_a_tie() -> None:
 def test_nothing_measured() -> None:
     ranking = rank({"fork": [], "spawn": []}, False)
     assert ranking.best is None and ranking.text() == "-"
-    assert rank({"fork": [1.0, 2.0, 3.0]}, False).text() == "tied"  # nobody to beat
+    assert rank({"fork": [1.0, 2.0, 3.0]}, False).text() == "only fork"  # nobody to beat
     data = rank({"a": [1.0, 1.1, 1.2], "b": [5.0, 5.1, 5.2]}, False).to_dict()
     assert data["winner"] == "a" and data["against"]["b"]["beats"] is True

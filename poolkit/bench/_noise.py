@@ -136,7 +136,7 @@ def compare(a: Sequence[float], b: Sequence[float], higher_is_better: bool) -> C
     p = mann_whitney_less(b, a) if higher_is_better else mann_whitney_less(a, b)
     ahead = med_a > med_b if higher_is_better else med_a < med_b
     if p > ALPHA + 1e-12:
-        return Comparison(False, p, difference, f"within the noise (p={p:.2g})")
+        return Comparison(False, p, difference, f"within the noise: p={p:.2g}")
     if not ahead or difference < MIN_GAP:
         return Comparison(False, p, difference, f"medians only {difference:.1%} apart")
     return Comparison(True, p, difference, f"p={p:.2g}, medians {difference:.0%} apart")
@@ -163,9 +163,11 @@ class Ranking:
         return self.winner is None
 
     def text(self) -> str:
-        """``fork`` / ``tied: fork, forkserver`` / ``tied`` / ``-``."""
+        """``fork`` / ``tied: fork, forkserver`` / ``tied`` / ``only fork`` / ``-``."""
         if not self.measured:
             return "-"
+        if len(self.measured) == 1:
+            return f"only {self.measured[0]}"
         if self.winner:
             return self.winner
         if len(self.leaders) == len(self.measured):

@@ -116,6 +116,8 @@ def _pool_names(ranking: Ranking) -> str:
     """The winner among pools, or who is tied, by the pools' report names."""
     if not ranking.measured:
         return "-"
+    if len(ranking.measured) == 1:
+        return f"only {impl_title(ranking.measured[0])}"
     if ranking.winner is not None:
         return impl_title(ranking.winner)
     if len(ranking.leaders) == len(ranking.measured):

@@ -379,6 +379,14 @@ def build(result: BenchResult) -> Verdict:
             f"use --repeat 3 or more",
         )
     load = result.load
-    load_text = load.text() if load is not None else "machine load: not measured"
+    if load is not None:
+        load_text = load.text()
+    elif result.machine.get("load_average"):
+        load_text = (
+            f"machine load: not checked before and after (a run older than the check); "
+            f"load average {result.machine['load_average'][0]:.2f} at the start"
+        )
+    else:
+        load_text = "machine load: not measured"
     too_busy = bool(load is not None and load.too_busy)
     return Verdict(groups, method, advice, load_text, too_busy, result.repeat)
