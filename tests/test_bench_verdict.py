@@ -308,3 +308,15 @@ def test_time_left_learns_from_the_jobs_done() -> None:
     eta.kind_took["cold"] = [2.0]
     assert eta.left(1) == pytest.approx(2.0 + 2.0)  # memory: the mean so far; cold: its own
     assert "[2/3] memory: " in eta.line(1, "memory") and "~4 s left" in eta.line(1, "memory")
+
+
+def test_plot_draws_the_verdict_chart_when_matplotlib_is_installed(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from poolkit.bench._plot import plot
+
+    path = tmp_path / "verdict.png"
+    plot(result_of(typical()), str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    target = target_of(serial=[1.0, 1.0, 1.0], timings={("spawn", 1): [0.5, 0.6, 0.55]})
+    plot(target, str(path))
+    assert path.stat().st_size > 0

@@ -63,7 +63,11 @@ def build_parser(prog: str = "python -m poolkit bench") -> argparse.ArgumentPars
         help="fresh-process repetitions (default 5; 3 with --quick or --target; the verdict "
         "needs >= 3)",
     )
-    run.add_argument("--against", help="comma-separated peers to add, or 'all'")
+    run.add_argument(
+        "--against",
+        help="comma-separated peers to add, or 'all' (each peer adds about the time of "
+        "poolkit's own run: --quick --against stdlib,mppool took 98 s)",
+    )
     run.add_argument("--floors", action="store_true", help="also measure bare processes and pipes")
     run.add_argument(
         "--workloads",

@@ -43,7 +43,8 @@ class TargetVerdict:
     speedup: Optional[float] = None
     speedup_range: tuple[float, float] = (0.0, 0.0)
     cold_speedup: Optional[float] = None
-    beats_serial: bool = False
+    beats_serial: bool = False  #: some pool configuration beats the serial loop by the rule
+    chosen_beats_serial: Optional[bool] = None  #: the recommended one does
     why_not: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     load: str = ""
@@ -76,6 +77,12 @@ class TargetVerdict:
             text = (
                 f"speed-up over serial, warm pool: {self.speedup:.2f}x (range {low:.2f}-{high:.2f})"
             )
+            if self.chosen_beats_serial is not None:
+                text += (
+                    ", faster than the loop by the rule"
+                    if self.chosen_beats_serial
+                    else ", not beyond the noise"
+                )
             if self.cold_speedup is not None:
                 text += f"; {self.cold_speedup:.2f}x counting the start-up (a pool for one map)"
             out.append(text)
@@ -141,6 +148,7 @@ class TargetVerdict:
             "speedup_range": list(self.speedup_range),
             "speedup_with_startup": self.cold_speedup,
             "beats_serial": self.beats_serial,
+            "chosen_beats_serial": self.chosen_beats_serial,
             "why_not": self.why_not,
             "notes": self.notes,
             "lines": self.lines(),
@@ -207,6 +215,8 @@ def build(result: TargetResult) -> TargetVerdict:
         if verdict.startup_s is not None:
             verdict.cold_speedup = result.serial.median / (stat.median + verdict.startup_s)
     serial = [] if result.serial is None else list(result.serial.samples)
+    if serial:
+        verdict.chosen_beats_serial = compare(list(stat.samples), serial, False).beats
     verdict.beats_serial = any(
         compare(_samples(result, config), serial, False).beats
         for config in result.timings
