@@ -310,8 +310,23 @@ def test_time_left_learns_from_the_jobs_done() -> None:
     assert "[2/3] memory: " in eta.line(1, "memory") and "~4 s left" in eta.line(1, "memory")
 
 
-def test_plot_draws_the_verdict_chart_when_matplotlib_is_installed(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def fonts_loaded() -> None:
+    """matplotlib keeps its font files open in a process-wide cache once it draws text: open
+    them before the test's descriptor check starts (a module fixture runs first)."""
     pytest.importorskip("matplotlib")
+    from poolkit.bench._plot import load_pyplot
+
+    plt = load_pyplot()
+    figure, ax = plt.subplots()
+    ax.set_title("warm-up")
+    figure.canvas.draw()
+    plt.close(figure)
+
+
+def test_plot_draws_the_verdict_chart_when_matplotlib_is_installed(
+    tmp_path: Path, fonts_loaded: None
+) -> None:
     from poolkit.bench._plot import plot
 
     path = tmp_path / "verdict.png"

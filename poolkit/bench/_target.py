@@ -24,6 +24,7 @@ from ._orchestrate import (
 from ._progress import Eta, Progress, progress_printer
 from ._result import impl_title
 from ._stats import Stat, summarize
+from ._target_failure import describe_failure, record_failure
 
 if TYPE_CHECKING:
     from ._target_verdict import TargetVerdict
@@ -279,7 +280,7 @@ def run_target(
     show(f"probing {target} (import, one call)")
     probe = launch(dict(base, kind="target_probe"), timeout)
     if not probe.ok:
-        _record_failure(result, probe.data, probe.timed_out, probe.stderr, timeout)
+        record_failure(result, probe.data, probe.timed_out, probe.stderr, timeout)
         show("")
         return result
     result.items = int(probe.data["items"])
@@ -337,7 +338,7 @@ def run_target(
                 startups[config].append(float(outcome.data.get("startup", 0.0)))
                 result.rounds.setdefault(config, {})[round_index] = seconds
         elif config is not None:
-            result.errors[config] = _describe(outcome.data, outcome.timed_out, timeout)
+            result.errors[config] = describe_failure(outcome.data, outcome.timed_out, timeout)
     show("looking at the machine's load again (0.5 s)")
     result.seconds = eta.elapsed()
     result.load.end()
@@ -362,50 +363,6 @@ def _parse_chunksizes(value: Union[str, list[int], None]) -> list[int]:
             raise ValueError(f"chunksizes must be positive integers, got {size}")
         sizes.append(size)
     return sorted(set(sizes))
-
-
-def _describe(data: dict[str, Any], timed_out: bool, timeout: float) -> str:
-    if timed_out:
-        return f"timed out after {timeout:g} s"
-    return str(data.get("error", "failed"))
-
-
-def _record_failure(
-    result: TargetResult, data: dict[str, Any], timed_out: bool, stderr: str, timeout: float
-) -> None:
-    if timed_out:
-        result.stage = "timeout"
-        result.failure = (
-            f"{result.target} did not finish within {timeout:g} s when called once in a fresh "
-            f"process: it hangs, or one call takes longer than --timeout"
-        )
-        result.details = _where_it_hung(stderr)
-        return
-    result.stage = str(data.get("stage", "runner"))
-    result.failure = str(data.get("error", "the probe failed"))
-    result.details = str(data.get("traceback", "")).strip()
-
-
-def _where_it_hung(stderr: str) -> str:
-    """The main thread's stack from the runner's faulthandler dump, innermost call first."""
-    lines = stderr.splitlines()
-    start = next(
-        (
-            i
-            for i, line in enumerate(lines)
-            if "most recent call first" in line and "Current thread" in line
-        ),
-        None,
-    )
-    if start is None:
-        return stderr.strip()[-2000:]
-    stack = []
-    for line in lines[start + 1 :]:
-        if not line.strip().startswith("File"):
-            break
-        if "_pkbench" not in line and '"<string>"' not in line:
-            stack.append("  " + line.strip())
-    return "where it was when stopped (innermost first):\n" + "\n".join(stack)
 
 
 def machine_line(result: TargetResult) -> str:
