@@ -98,7 +98,7 @@ among the peers, from the numbers of this run (`poolkit/bench/_verdict.py`). A r
 winner only where the repetitions show one beyond their own noise; the rule is stated first.
 `python -m poolkit bench` prints the same verdict for the start methods alone.
 """
-QUICK_NOTE = "\nThis was a `--quick` run: small sizes, one round; the ratios are indicative only.\n"
+QUICK_NOTE = "\nThis was a `--quick` run: small sizes; the ratios are indicative only.\n"
 FORK_NOTE = """
 The fork backend forks its workers' replacements from a template process, never from the
 threaded parent (a child forked while another thread holds a lock, such as the one of
@@ -243,7 +243,7 @@ def render(saved_path: str, out: str, png: Optional[str]) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the suite and write the docs; returns 1 if --compare found a regression."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    parser.add_argument("--quick", action="store_true", help="small sizes")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--workers", type=int, help="pool size (default: usable CPUs)")
     parser.add_argument("--methods", help="start methods (default: all)")

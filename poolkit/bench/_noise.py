@@ -32,8 +32,9 @@ MIN_REPEATS = 3
 ALPHA = 0.05
 #: The medians must differ by at least this fraction of the better one.
 MIN_GAP = 0.05
-#: Above this many ways of splitting the pooled samples, use the normal approximation.
-EXACT_LIMIT = 20000
+#: Above this many ways of splitting tied samples, use the normal approximation: 7 against 7
+#: repetitions (3432 splits) are still exact, and a verdict of a hundred rows stays instant.
+EXACT_LIMIT = 3500
 
 RULE = (
     f"a row names a winner only if it beats each other candidate in a one-sided "

@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from ._noise import RULE, Ranking, compare, rank
+from ._noise import MIN_REPEATS, RULE, Ranking, compare, rank
 from ._result import impl_title
 from ._stats import format_seconds, format_value
 
@@ -228,6 +228,11 @@ def build(result: TargetResult) -> TargetVerdict:
         verdict.notes.append(
             "a warm pool beats serial, but its start-up costs more than it saves in one map: "
             "keep one pool for many maps (a pool made for each map is slower than a loop)"
+        )
+    if result.repeat < MIN_REPEATS:
+        verdict.notes.append(
+            f"{result.repeat} repetition(s): too few for the rule to be sure of anything; "
+            f"use --repeat {MIN_REPEATS} or more"
         )
     verdict.notes.extend(_safety(result, method))
     verdict.notes.extend(_peers(result, method))
