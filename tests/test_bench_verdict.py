@@ -335,3 +335,17 @@ def test_plot_draws_the_verdict_chart_when_matplotlib_is_installed(
     target = target_of(serial=[1.0, 1.0, 1.0], timings={("spawn", 1): [0.5, 0.6, 0.55]})
     plot(target, str(path))
     assert path.stat().st_size > 0
+
+
+def test_a_default_run_keeps_to_its_time_budget_with_no_fewer_than_three_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from poolkit.bench import _orchestrate
+
+    monkeypatch.setattr(_orchestrate, "DEFAULT_BUDGET_S", 0.0)  # every round is one too many
+    result = poolkit.bench.run(methods=FAST, workloads="cold")
+    assert result.repeat == 3 and "stopped after 3 of 5 rounds" in result.note
+    assert all(row["n"] == 3 for row in result.rows())
+    assert "stopped after 3 of 5 rounds" in result.to_text()
+    # An explicit --repeat is kept whatever the time.
+    assert poolkit.bench.run(methods=FAST, workloads="cold", repeat=4).repeat == 4

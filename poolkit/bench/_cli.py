@@ -11,8 +11,9 @@ from typing import Any, Callable, Optional, TypeVar, Union
 from ._pkbench.catalog import PEERS, WORKLOADS
 
 EPILOG = """\
-durations measured on 2 shared CPUs (load average 2-4): a default run 104 s, --quick 15 s,
-a --target of a fast function with the default chunksizes 14 s; an idle machine is faster.
+durations measured on 2 shared CPUs: a default run 104 s (load average 2-4) and 130 s
+(load 5-6), --quick 15 s, a --target of a fast function with the default chunksizes 14 s.
+A default run stops adding rounds (never below 3) when the next would end past 110 s.
 
 examples:
   python -m poolkit bench                      every start method: 9 workloads x 5 repetitions,
@@ -60,8 +61,8 @@ def build_parser(prog: str = "python -m poolkit bench") -> argparse.ArgumentPars
     run.add_argument(
         "--repeat",
         type=_positive,
-        help="fresh-process repetitions (default 5; 3 with --quick or --target; the verdict "
-        "needs >= 3)",
+        help="fresh-process repetitions, exactly (default: 5, or fewer but at least 3 to stay "
+        "near 2 minutes; 3 with --quick or --target; the verdict needs >= 3)",
     )
     run.add_argument(
         "--against",

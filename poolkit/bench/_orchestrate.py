@@ -30,6 +30,10 @@ QUICK_REPEAT = 3
 #: The suite of ``benchmarks/run.py`` and ``--target`` keep 3 (they measure more things).
 TARGET_REPEAT = 3
 DEFAULT_TIMEOUT = 60.0
+#: A default run (no --repeat, no --quick) stops adding rounds, never below QUICK_REPEAT, when
+#: the next one would end past this many seconds: on a slow or busy machine it keeps to about
+#: two minutes with fewer repetitions, and says so.
+DEFAULT_BUDGET_S = 110.0
 #: The workloads of a default run: one or more per verdict group, each under a second per
 #: measurement here. The long ones (mapauto, mapmodes, cpu, mapchunk) are for
 #: ``--workloads`` (or ``all``): measuring fewer things more often makes a verdict possible.
@@ -205,7 +209,17 @@ def run(
     result.load.begin()
     started = time.monotonic()
     eta = Eta([((name, method, impl), name) for name, method, impl in jobs])
+    per_round = len(jobs) // rounds
+    budget = None if repeat or quick else DEFAULT_BUDGET_S
     for index, (name, method, impl) in enumerate(jobs):
+        if budget is not None and _out_of_time(eta, index, per_round, budget):
+            done = index // per_round
+            result.repeat = done
+            result.note = (
+                f"stopped after {done} of {rounds} rounds: another would have ended past "
+                f"{budget:.0f} s (a slow or busy machine); --repeat N runs exactly N"
+            )
+            break
         show(eta.line(index, f"{WORKLOADS_BY_NAME[name].title} | {method} | {impl_title(impl)}"))
         eta.start()
         spec = {
@@ -242,6 +256,13 @@ def run(
     show("")
     _fill_cells(result, samples, notes)
     return result
+
+
+def _out_of_time(eta: Eta, index: int, per_round: int, budget: float) -> bool:
+    """At the start of a round past the minimum: would that round end past the budget?"""
+    if not per_round or index % per_round or index // per_round < QUICK_REPEAT:
+        return False
+    return eta.elapsed() + eta.left(index, index + per_round) > budget
 
 
 def _fill_cells(

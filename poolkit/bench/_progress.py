@@ -75,9 +75,10 @@ class Eta:
         every = [s for values in self.took.values() for s in values]
         return sum(every) / len(every) if every else FIRST_GUESS_S
 
-    def left(self, index: int) -> float:
-        """Seconds left from the start of job ``index`` to the end of the last job."""
-        return sum(self.guess(job, kind) for job, kind in self.jobs[index:])
+    def left(self, index: int, stop: Optional[int] = None) -> float:
+        """Seconds from the start of job ``index`` to the end of the last job (or of the job
+        before ``stop``)."""
+        return sum(self.guess(job, kind) for job, kind in self.jobs[index:stop])
 
     def elapsed(self) -> float:
         """Seconds since the first job."""

@@ -142,6 +142,10 @@ def header_lines(result: BenchResult) -> list[str]:
         lines.append("map with default arguments: " + "; ".join(defaults))
     for impl, why in result.skipped.items():
         lines.append(f"skipped {impl}: {why}")
+    if result.note:
+        lines.append(result.note)
+    if result.seconds:
+        lines.append(f"measured in {result.seconds:.0f} s")
     return lines
 
 

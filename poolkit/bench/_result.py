@@ -44,6 +44,7 @@ class BenchResult:
     problems: list[str] = field(default_factory=list)  #: errors and leftover processes
     seconds: float = 0.0
     load: Optional[LoadCheck] = None  #: how busy the machine was before, during and after
+    note: str = ""  #: how the run differs from its plan (fewer rounds than asked for, ...)
 
     # ------------------------------------------------------------------ queries
 
@@ -157,6 +158,7 @@ class BenchResult:
                 "repeat": self.repeat,
                 "quick": self.quick,
                 "seconds": self.seconds,
+                "note": self.note,
             },
             "cells": [
                 {
@@ -191,6 +193,7 @@ class BenchResult:
             skipped=dict(data.get("skipped", {})),
             problems=list(data.get("problems", [])),
             seconds=float(config.get("seconds", 0.0)),
+            note=str(config.get("note", "")),
             load=LoadCheck.from_dict(data["load"]) if data.get("load") else None,
         )
         for entry in data.get("cells", []):
