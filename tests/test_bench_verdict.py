@@ -222,11 +222,13 @@ def test_target_answer_with_a_sure_chunksize_and_a_speedup_range() -> None:
         serial=[1.0, 1.02, 0.98],
         timings={
             ("forkserver", 1): [0.9, 0.92, 0.91], ("forkserver", 16): [0.52, 0.53, 0.51],
-            ("spawn", 1): [0.9, 0.93, 0.92], ("spawn", 16): [0.53, 0.51, 0.52],
+            # spawn's median is a little better, within the noise: a tie
+            ("spawn", 1): [0.9, 0.93, 0.92], ("spawn", 16): [0.53, 0.50, 0.51],
         },
     )  # fmt: skip
     answer = result.answer()
-    assert answer.method == "forkserver"  # tied with spawn: the safe default
+    assert answer.methods is not None and answer.methods.best == "spawn"
+    assert answer.method == "forkserver"  # tied with spawn: poolkit's default decides
     assert answer.chunksize == 16 and answer.chunksizes is not None
     assert answer.chunksizes.winner == "16"
     assert answer.beats_serial and answer.speedup == pytest.approx(1 / 0.52, rel=0.03)
