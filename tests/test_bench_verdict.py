@@ -351,3 +351,16 @@ def test_a_default_run_keeps_to_its_time_budget_with_no_fewer_than_three_rounds(
     assert "stopped after 3 of 5 rounds" in result.to_text()
     # An explicit --repeat is kept whatever the time.
     assert poolkit.bench.run(methods=FAST, workloads="cold", repeat=4).repeat == 4
+
+
+def test_target_whose_pool_looks_faster_but_overlaps_the_loop_says_so() -> None:
+    result = target_of(
+        serial=[1.0, 0.6, 1.05],  # one fast serial round overlaps the pool's
+        timings={("spawn", 1): [0.7, 0.65, 0.72]},
+    )
+    answer = result.answer()
+    assert not answer.beats_serial and answer.speedup is not None and answer.speedup > 1.05
+    text = result.verdict()
+    assert "NOTHING BEATS SERIAL beyond the noise here: the pool looks faster" in text
+    assert "run the function in a plain loop" not in text
+    assert "with 3 repetitions on this machine the two overlap" in text

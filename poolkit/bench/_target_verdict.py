@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from ._noise import MIN_REPEATS, RULE, Ranking, compare, rank
+from ._noise import MIN_GAP, MIN_REPEATS, RULE, Ranking, compare, rank
 from ._result import impl_title
 from ._stats import format_seconds, format_value
 
@@ -86,11 +86,21 @@ class TargetVerdict:
             if self.cold_speedup is not None:
                 text += f"; {self.cold_speedup:.2f}x counting the start-up (a pool for one map)"
             out.append(text)
-        if not self.beats_serial:
+        if not self.beats_serial and self._looks_faster():
+            out.append(
+                "NOTHING BEATS SERIAL beyond the noise here: the pool looks faster, but its "
+                "repetitions overlap the loop's."
+            )
+        elif not self.beats_serial:
             out.append("NOTHING BEATS SERIAL here: run the function in a plain loop.")
+        if not self.beats_serial:
             out.extend(f"why: {line}" for line in self.why_not)
         out.extend(self.notes)
         return out
+
+    def _looks_faster(self) -> bool:
+        """The warm pool's median speed-up is past the rule's gap, yet the rule is not met."""
+        return self.speedup is not None and self.speedup >= 1 + MIN_GAP
 
     def _method_text(self) -> str:
         assert self.methods is not None and self.method is not None
@@ -265,6 +275,12 @@ def _why_not(result: TargetResult, verdict: TargetVerdict) -> list[str]:
             f"call (about {format_seconds(overhead)}: pickling, a round trip to a worker and "
             f"back){pickled}. Give each call more work (a batch of items per call), or keep "
             f"it serial"
+        )
+    elif verdict._looks_faster():
+        reasons.append(
+            f"a warm pool's median is {verdict.speedup:.2f}x the loop's speed, but with "
+            f"{result.repeat} repetitions on this machine the two overlap: run again with "
+            f"--repeat 5 (or more) on a quieter machine to be sure"
         )
     elif result.workers < 2:
         reasons.append(f"the pool has {result.workers} worker: nothing runs in parallel")
