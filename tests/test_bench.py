@@ -119,6 +119,11 @@ def test_target_reports_the_fastest_combination(
     assert data["items"] == 8 and data["first_call"] == "1"
     assert data["best"]["method"] == FAST and data["best"]["chunksize"] in (1, 4)
     assert all(row["seconds"] > 0 for row in data["rows"])
+    answer = data["verdict"]
+    assert answer["method"] == FAST and answer["chunksize"] in (1, 4)
+    assert answer["startup_s"] > 0 and answer["warm_calls_per_s"] > 0
+    assert all(row["startup_s"] > 0 for row in data["rows"])
+    assert set(data["probe"]) >= {"pickle_s", "pickle_bytes", "threads"}
 
 
 def test_target_with_module_level_inputs_and_star(user_module: str) -> None:
