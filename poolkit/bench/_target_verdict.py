@@ -51,7 +51,8 @@ class TargetVerdict:
 
     def lines(self) -> list[str]:
         """The answer, a few lines."""
-        return [f"answer ({RULE}):", *(f"  {line}" for line in self._body()), f"  {self.load}"]
+        load = [f"  {self.load}"] if self.load else []
+        return [f"answer ({RULE}):", *(f"  {line}" for line in self._body()), *load]
 
     def _body(self) -> list[str]:
         if self.method is None or self.methods is None:
