@@ -74,9 +74,10 @@ Peers that cannot survive a worker's death report `n/a` for respawn; loky does n
 `python -m poolkit bench` is the short start-method comparison of poolkit alone, with the same
 verdict: 9 workloads (cold start, respawn, latency, submit burst, map with chunksize 1 and with
 default arguments, payload, numpy array, memory) under each start method, 5 fresh-process
-repetitions each, in about two minutes on this 2-core machine (104 s measured with other work
-running, load average 2-4; on a slower or busier machine it stops adding rounds, never below 3,
-once the next would end past 110 s); `--quick` runs 5 small workloads 3 times in about 15 s. Its
+repetitions each, in about two minutes on this 2-core machine (102-130 s measured while other
+work kept the load average at 2 to 7; on a slower or busier machine it stops adding rounds,
+never below 3, once the next would end past 110 s); `--quick` runs 5 small workloads 3 times
+in 15-24 s. Its
 `--target mymod:work` answers for one function: start-up, warm throughput, chunksize, and the
 speed-up over a plain loop with its range.
 """

@@ -11,14 +11,14 @@ from typing import Any, Callable, Optional, TypeVar, Union
 from ._pkbench.catalog import PEERS, WORKLOADS
 
 EPILOG = """\
-durations measured on 2 shared CPUs: a default run 104 s (load average 2-4) and 130 s
-(load 5-6), --quick 15 s, a --target of a fast function with the default chunksizes 14 s.
+durations measured on 2 CPUs shared with other work (load average 2 to 7): a default run
+102-130 s, --quick 15-24 s, a --target of a fast function with the default chunksizes 14 s.
 A default run stops adding rounds (never below 3) when the next would end past 110 s.
 
 examples:
   python -m poolkit bench                      every start method: 9 workloads x 5 repetitions,
                                                then the verdict (under 2 min)
-  python -m poolkit bench --quick              5 small workloads x 3 repetitions (about 15 s)
+  python -m poolkit bench --quick              5 small workloads x 3 repetitions (15-24 s)
   python -m poolkit bench --workloads all      every workload (several minutes: mapauto alone
                                                takes about 15 s per measurement)
   python -m poolkit bench --against stdlib,mppool,loky --json out.json
@@ -54,7 +54,7 @@ def build_parser(prog: str = "python -m poolkit bench") -> argparse.ArgumentPars
     run.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes, 5 workloads, 3 repetitions (about 15 s)",
+        help="small sizes, 5 workloads, 3 repetitions (15-24 s)",
     )
     run.add_argument("--methods", help="comma-separated start methods (default: all available)")
     run.add_argument("--workers", type=_positive, help="pool size (default: usable CPUs)")
