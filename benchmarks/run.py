@@ -128,12 +128,38 @@ def write_doc(
             parts.append(QUICK_NOTE)
     machine = f"Measured on: {summary_line(result.machine)}, {result.repeat} repetitions.\n"
     parts += [VERDICT, machine, "\n".join(result.verdict().markdown()) + "\n"]
+    parts.extend(_default_run_section(path))
     if chart:
         parts.append(f"![poolkit and peers by start method]({os.path.basename(chart)})\n")
     parts.append("## Results\n")
     parts.append(result.to_markdown(verdict=False))  # the verdict is above
     with open(path, "w") as out:
         out.write("\n".join(parts))
+
+
+#: A saved ``python -m poolkit bench --json`` run, next to the page: its verdict is shown too.
+DEFAULT_RUN = "bench-default.json"
+DEFAULT_RUN_INTRO = """\
+### `python -m poolkit bench` on this machine
+
+The verdict of a real default run of the command (poolkit alone, every start method), saved
+with `python -m poolkit bench --json docs/{name}` and shown here as it printed it:
+"""
+
+
+def _default_run_section(page: str) -> list[str]:
+    """The verdict of the saved default run next to ``page``, if there is one."""
+    saved = os.path.join(os.path.dirname(os.path.abspath(page)), DEFAULT_RUN)
+    if not os.path.exists(saved):
+        return []
+    with open(saved) as source:
+        run = BenchResult.from_dict(json.load(source))
+    header = (
+        f"Measured on: {summary_line(run.machine)}; {run.repeat} repetitions, "
+        f"{run.seconds:.0f} s.\n"
+    )
+    body = "\n".join(run.verdict().lines())
+    return [DEFAULT_RUN_INTRO.format(name=DEFAULT_RUN), header, f"```\n{body}\n```\n"]
 
 
 def write_json(result: BenchResult, checks: list[Check], command: str, path: str) -> None:

@@ -548,3 +548,12 @@ def test_render_rewrites_the_page_of_a_saved_run_without_measuring(
     saved.write_text(json.dumps(synthetic(values, methods=("fork",)).to_dict()))
     assert suite.main(["--render", str(saved), "--out", str(out)]) == 0
     assert "performance.md#fork" not in out.read_text()
+    title = "### `python -m poolkit bench` on this machine"
+    assert title not in out.read_text()  # no saved default run next to the page
+    # A saved `python -m poolkit bench --json` run next to the page: its verdict is shown too.
+    default_run = synthetic({("cold", "first_ms", "fork", "poolkit"): 8.0}, methods=("fork",))
+    (tmp_path / suite.DEFAULT_RUN).write_text(json.dumps(default_run.to_dict()))
+    assert suite.main(["--render", str(saved), "--out", str(out)]) == 0
+    doc = out.read_text()
+    assert doc.index("## Verdict") < doc.index(title) < doc.index("## Results")
+    assert "start-up and respawn  only fork measured" in doc
