@@ -336,8 +336,8 @@ def recommend(groups: list[GroupVerdict], methods: list[str]) -> tuple[Optional[
                 choice, wins, losses = safe[1], losses, wins
             other = safe[1] if choice == safe[0] else safe[0]
             why += f"; beats {other} in {_where(wins)}, {other} beats it in {_where(losses)}"
-            if not wins and not losses:
-                why += " (tied: the default decides)"
+            if len(wins) == len(losses):
+                why += " (even: poolkit's default decides)"
         default = " (poolkit's default)" if choice == "forkserver" else ""
         advice.append(f"use: start_method={choice!r}{default}: {why}")
     if "fork" in methods:
