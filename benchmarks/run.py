@@ -21,6 +21,7 @@ from typing import Optional
 import poolkit.bench
 from poolkit.bench import BenchResult, _goals
 from poolkit.bench._goals import Check
+from poolkit.bench._machine import summary_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -68,7 +69,17 @@ the pool is idle: the parent, the workers, and the helpers kept alive for the po
 fork template, `multiprocessing`'s fork server and resource tracker); RSS counts the pages
 forked processes share in each of them, PSS splits them between the sharers.
 Peers that cannot survive a worker's death report `n/a` for respawn; loky does not support
-`fork`. Reproduce with `python -m poolkit bench` for the short start-method comparison.
+`fork`.
+
+`python -m poolkit bench` is the short start-method comparison of poolkit alone, with the same
+verdict: 9 workloads (cold start, respawn, latency, submit burst, map with chunksize 1 and with
+default arguments, payload, numpy array, memory) under each start method, 5 fresh-process
+repetitions each, in about two minutes on this 2-core machine (102-130 s measured while other
+work kept the load average at 2 to 7; on a slower or busier machine it stops adding rounds,
+never below 3, once the next would end past 110 s); `--quick` runs 5 small workloads 3 times
+in 15-24 s. Its
+`--target mymod:work` answers for one function: start-up, warm throughput, chunksize, and the
+speed-up over a plain loop with its range.
 """
 
 
@@ -81,7 +92,15 @@ For times and sizes the ratio must be at most the bound, for rates and speed-ups
 PASS and MISS are computed from the results below (`poolkit/bench/_goals.py`); nothing is
 carried over from another run.
 """
-QUICK_NOTE = "\nThis was a `--quick` run: small sizes, one round; the ratios are indicative only.\n"
+VERDICT = """\
+## Verdict
+
+Which start method to use on this machine, by what a user cares about, and how poolkit placed
+among the peers, from the numbers of this run (`poolkit/bench/_verdict.py`). A row names a
+winner only where the repetitions show one beyond their own noise; the rule is stated first.
+`python -m poolkit bench` prints the same verdict for the start methods alone.
+"""
+QUICK_NOTE = "\nThis was a `--quick` run: small sizes; the ratios are indicative only.\n"
 FORK_NOTE = """
 The fork backend forks its workers' replacements from a template process, never from the
 threaded parent (a child forked while another thread holds a lock, such as the one of
@@ -107,12 +126,40 @@ def write_doc(
             parts.append(FORK_NOTE)
         if result.quick:
             parts.append(QUICK_NOTE)
+    machine = f"Measured on: {summary_line(result.machine)}, {result.repeat} repetitions.\n"
+    parts += [VERDICT, machine, "\n".join(result.verdict().markdown()) + "\n"]
+    parts.extend(_default_run_section(path))
     if chart:
         parts.append(f"![poolkit and peers by start method]({os.path.basename(chart)})\n")
     parts.append("## Results\n")
-    parts.append(result.to_markdown())
+    parts.append(result.to_markdown(verdict=False))  # the verdict is above
     with open(path, "w") as out:
         out.write("\n".join(parts))
+
+
+#: A saved ``python -m poolkit bench --json`` run, next to the page: its verdict is shown too.
+DEFAULT_RUN = "bench-default.json"
+DEFAULT_RUN_INTRO = """\
+### `python -m poolkit bench` on this machine
+
+The verdict of a real default run of the command (poolkit alone, every start method), saved
+with `python -m poolkit bench --json docs/{name}` and shown here as it printed it:
+"""
+
+
+def _default_run_section(page: str) -> list[str]:
+    """The verdict of the saved default run next to ``page``, if there is one."""
+    saved = os.path.join(os.path.dirname(os.path.abspath(page)), DEFAULT_RUN)
+    if not os.path.exists(saved):
+        return []
+    with open(saved) as source:
+        run = BenchResult.from_dict(json.load(source))
+    header = (
+        f"Measured on: {summary_line(run.machine)}; {run.repeat} repetitions, "
+        f"{run.seconds:.0f} s.\n"
+    )
+    body = "\n".join(run.verdict().lines())
+    return [DEFAULT_RUN_INTRO.format(name=DEFAULT_RUN), header, f"```\n{body}\n```\n"]
 
 
 def write_json(result: BenchResult, checks: list[Check], command: str, path: str) -> None:
@@ -224,12 +271,14 @@ def render(saved_path: str, out: str, png: Optional[str]) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the suite and write the docs; returns 1 if --compare found a regression."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
-    parser.add_argument("--repeat", type=int, help="repetitions (default 3)")
+    parser.add_argument("--quick", action="store_true", help="small sizes")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--workers", type=int, help="pool size (default: usable CPUs)")
     parser.add_argument("--methods", help="start methods (default: all)")
     parser.add_argument("--against", default="all", help="peers (default: all installed)")
-    parser.add_argument("--workloads", help="a subset of the workloads (default: all)")
+    parser.add_argument(
+        "--workloads", default="all", help="a subset of the workloads (default: all)"
+    )
     parser.add_argument("--out", default=os.path.join(DOCS, "benchmarks.md"))
     parser.add_argument("--json", default=None, help="default: next to --out, .json")
     parser.add_argument("--png", default=None, help="default: next to --out, .png")

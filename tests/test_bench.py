@@ -70,7 +70,7 @@ def test_quick_run_writes_table_json_and_markdown(
 ) -> None:
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
     status = bench(
-        "--quick", "--methods", FAST, "--workloads", "latency,memory",
+        "--quick", "--methods", FAST, "--workloads", "latency,memory", "--repeat", "1",
         "--json", str(out_json), "--markdown", str(out_md),
     )  # fmt: skip
     assert status == 0
@@ -114,11 +114,16 @@ def test_target_reports_the_fastest_combination(
     )  # fmt: skip
     assert status == 0
     text = capsys.readouterr().out
-    assert "fastest: start_method=" in text
+    assert "start method: " in text and "chunksize: " in text and "pool start-up" in text
     data = json.loads(out_json.read_text())
     assert data["items"] == 8 and data["first_call"] == "1"
     assert data["best"]["method"] == FAST and data["best"]["chunksize"] in (1, 4)
     assert all(row["seconds"] > 0 for row in data["rows"])
+    answer = data["verdict"]
+    assert answer["method"] == FAST and answer["chunksize"] in (1, 4)
+    assert answer["startup_s"] > 0 and answer["warm_calls_per_s"] > 0
+    assert all(row["startup_s"] > 0 for row in data["rows"])
+    assert set(data["probe"]) >= {"pickle_s", "pickle_bytes", "threads"}
 
 
 def test_target_with_module_level_inputs_and_star(user_module: str) -> None:
@@ -496,6 +501,9 @@ def test_suite_writes_targets_and_exits_non_zero_on_a_regression(
     assert "targets met: 1 of 3 (fork 1/3)" in printed
     doc = out.read_text()
     assert "## Targets" in doc and doc.index("## Targets") < doc.index("## Results")
+    # The verdict section is written, once, between the targets and the results.
+    assert doc.index("## Targets") < doc.index("## Verdict") < doc.index("## Results")
+    assert doc.count("Verdict\n") == 1 and "Mann-Whitney U" in doc and "Measured on: " in doc
     assert "| submit burst, 20,000 no-ops waited together | >= 8x stdlib PPE | **5.00x" not in doc
     assert "| submit burst, 20,000 no-ops waited together | >= 8x stdlib PPE | 5.00x MISS |" in doc
     assert "| 32 MiB numpy float64 array round trip" in doc and "3.00x MISS" in doc
@@ -532,6 +540,7 @@ def test_render_rewrites_the_page_of_a_saved_run_without_measuring(
     assert suite.main(["--render", str(saved), "--out", str(out)]) == 0
     doc = out.read_text()
     assert "python benchmarks/run.py --repeat 5" in doc
+    assert "## Verdict" in doc and "- only fork was measured: nothing to compare" in doc
     assert "2.00x MISS" in doc and "**10.00x PASS**" in doc
     assert "performance.md#fork-where-cold-start-respawn-and-memory-go" in doc
     # Without a fork miss of those three, the page does not explain one.
@@ -539,3 +548,12 @@ def test_render_rewrites_the_page_of_a_saved_run_without_measuring(
     saved.write_text(json.dumps(synthetic(values, methods=("fork",)).to_dict()))
     assert suite.main(["--render", str(saved), "--out", str(out)]) == 0
     assert "performance.md#fork" not in out.read_text()
+    title = "### `python -m poolkit bench` on this machine"
+    assert title not in out.read_text()  # no saved default run next to the page
+    # A saved `python -m poolkit bench --json` run next to the page: its verdict is shown too.
+    default_run = synthetic({("cold", "first_ms", "fork", "poolkit"): 8.0}, methods=("fork",))
+    (tmp_path / suite.DEFAULT_RUN).write_text(json.dumps(default_run.to_dict()))
+    assert suite.main(["--render", str(saved), "--out", str(out)]) == 0
+    doc = out.read_text()
+    assert doc.index("## Verdict") < doc.index(title) < doc.index("## Results")
+    assert "start-up and respawn  only fork measured" in doc

@@ -5,14 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from ._pkbench.catalog import PEERS, WORKLOADS
 
 EPILOG = """\
+durations measured on 2 CPUs shared with other work (load average 2 to 7): a default run
+102-130 s, --quick 15-24 s, a --target of a fast function with the default chunksizes 14 s.
+A default run stops adding rounds (never below 3) when the next would end past 110 s.
+
 examples:
-  python -m poolkit bench                      every start method, standard workloads (~2 min)
-  python -m poolkit bench --quick              a short run with small sizes
+  python -m poolkit bench                      every start method: 9 workloads x 5 repetitions,
+                                               then the verdict (under 2 min)
+  python -m poolkit bench --quick              5 small workloads x 3 repetitions (15-24 s)
+  python -m poolkit bench --workloads all      every workload (several minutes: mapauto alone
+                                               takes about 15 s per measurement)
   python -m poolkit bench --against stdlib,mppool,loky --json out.json
   python -m poolkit bench --target mymod:work --args '[[1, 2], [3, 4]]'
   python -m poolkit bench --target mymod:work --args 30 --count 64
@@ -27,9 +35,15 @@ def build_parser(prog: str = "python -m poolkit bench") -> argparse.ArgumentPars
     """The argument parser of ``bench``."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=(
+        # The raw formatter keeps the epilog's columns, so the description is wrapped here.
+        description=textwrap.fill(
             "Compare poolkit's start methods (fork, spawn, forkserver) on standard workloads, "
-            "or on your own function with --target; optionally against other process pools."
+            "or on your own function with --target; optionally against other process pools. "
+            "Ends with a verdict: which start method to use here and why, grouped by start-up "
+            "and respawn, per-task overhead, map throughput, large payloads and memory. A row "
+            "names a winner only if a one-sided Mann-Whitney U test over >= 3 repetitions "
+            "gives p <= 0.05 and the medians are >= 5% apart; otherwise it says tied.",
+            width=92,
         ),
         epilog=EPILOG.format(
             workloads=", ".join(w.name for w in WORKLOADS), peers=", ".join(PEERS)
@@ -37,13 +51,30 @@ def build_parser(prog: str = "python -m poolkit bench") -> argparse.ArgumentPars
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run = parser.add_argument_group("what to run")
-    run.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    run.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, 5 workloads, 3 repetitions (15-24 s)",
+    )
     run.add_argument("--methods", help="comma-separated start methods (default: all available)")
     run.add_argument("--workers", type=_positive, help="pool size (default: usable CPUs)")
-    run.add_argument("--repeat", type=_positive, help="fresh-process repetitions (default 3)")
-    run.add_argument("--against", help="comma-separated peers to add, or 'all'")
+    run.add_argument(
+        "--repeat",
+        type=_positive,
+        help="fresh-process repetitions, exactly (default: 5, or fewer but at least 3 to stay "
+        "near 2 minutes; 3 with --quick or --target; the verdict needs >= 3)",
+    )
+    run.add_argument(
+        "--against",
+        help="comma-separated peers to add, or 'all' (each peer adds about the time of "
+        "poolkit's own run: --quick --against stdlib,mppool took 98 s)",
+    )
     run.add_argument("--floors", action="store_true", help="also measure bare processes and pipes")
-    run.add_argument("--workloads", help="comma-separated subset of the standard workloads")
+    run.add_argument(
+        "--workloads",
+        help="comma-separated workloads, or 'all' (default: cold, respawn, latency, burst, "
+        "map1, mapdefault, payload, array, memory)",
+    )
     run.add_argument(
         "--timeout", type=_positive_float, help="seconds one measurement may take (default 60)"
     )
@@ -66,8 +97,18 @@ def build_parser(prog: str = "python -m poolkit bench") -> argparse.ArgumentPars
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="write the full result as JSON")
     out.add_argument("--markdown", metavar="FILE", help="write the report as Markdown")
-    out.add_argument("--plot", metavar="FILE.png", help="write a chart (needs matplotlib)")
-    out.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    out.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the verdict's chart: start methods side by side per group, with their "
+        "ranges (needs matplotlib: pip install 'poolkit[plot]')",
+    )
+    out.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress on stderr (by default: one line updated in place, with the time "
+        "left, on a terminal; plain lines elsewhere)",
+    )
     return parser
 
 

@@ -9,23 +9,39 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import sys
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 from .. import _backends
 from ._launch import launch
-from ._machine import describe, package_version, usable_cpus
+from ._machine import LoadCheck, describe, package_version, usable_cpus
 from ._pkbench.catalog import PEER_MODULES, PEERS, WORKLOADS, WORKLOADS_BY_NAME
+from ._progress import Eta, Progress, progress_printer
 from ._result import BenchResult, Cell, impl_title
 from ._stats import summarize
 
 logger = logging.getLogger(__name__)
+Item = TypeVar("Item")
 
-Progress = Union[bool, Callable[[str], None], None]
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 1
+#: Fresh-process repetitions of a default run: 5 lets the rank test reach p = 0.004.
+DEFAULT_REPEAT = 5
+#: A --quick run's: the fewest with which the noise rule can name a winner.
+QUICK_REPEAT = 3
+#: The suite of ``benchmarks/run.py`` and ``--target`` keep 3 (they measure more things).
+TARGET_REPEAT = 3
 DEFAULT_TIMEOUT = 60.0
+#: A default run (no --repeat, no --quick) stops adding rounds, never below QUICK_REPEAT, when
+#: the next one would end past this many seconds: on a slow or busy machine it keeps to about
+#: two minutes with fewer repetitions, and says so.
+DEFAULT_BUDGET_S = 110.0
+#: The workloads of a default run: one or more per verdict group, each under a second per
+#: measurement here. The long ones (mapauto, mapmodes, cpu, mapchunk) are for
+#: ``--workloads`` (or ``all``): measuring fewer things more often makes a verdict possible.
+DEFAULT_WORKLOADS = (
+    "cold", "respawn", "latency", "burst", "map1", "mapdefault", "payload", "array", "memory"
+)  # fmt: skip
+#: The workloads of a --quick run: one or two per verdict group, at small sizes.
+QUICK_WORKLOADS = ("cold", "latency", "mapdefault", "payload", "memory")
 
 
 def parse_list(value: Union[str, list[str], tuple[str, ...], None]) -> list[str]:
@@ -80,19 +96,25 @@ def resolve_peers(
     return chosen, skipped
 
 
-def resolve_workloads(workloads: Union[str, list[str], tuple[str, ...], None]) -> list[str]:
-    """The workloads to run (default: all), in report order.
+def resolve_workloads(
+    workloads: Union[str, list[str], tuple[str, ...], None], quick: bool = False
+) -> list[str]:
+    """The workloads to run, in report order: the default (or --quick) set, or ``"all"``.
 
     Raises:
         ValueError: a workload is unknown (the message lists them).
     """
     names = parse_list(workloads)
+    if "all" in names:
+        names = [w.name for w in WORKLOADS]
+    elif not names:
+        names = list(QUICK_WORKLOADS if quick else DEFAULT_WORKLOADS)
     for name in names:
         if name not in WORKLOADS_BY_NAME:
             raise ValueError(
                 f"unknown workload {name!r}; workloads: {', '.join(w.name for w in WORKLOADS)}"
             )
-    return [w.name for w in WORKLOADS if not names or w.name in names]
+    return [w.name for w in WORKLOADS if w.name in names]
 
 
 def check_positive(name: str, value: Optional[int]) -> None:
@@ -105,25 +127,7 @@ def check_positive(name: str, value: Optional[int]) -> None:
         raise ValueError(f"{name} must be at least 1, got {value}")
 
 
-def progress_printer(progress: Progress) -> Callable[[str], None]:
-    """A callable that shows a progress line (on stderr for ``True``)."""
-    if callable(progress):
-        return progress
-    if not progress:
-        return lambda _text: None
-    tty = sys.stderr.isatty()
-
-    def show(text: str) -> None:
-        if tty:
-            sys.stderr.write("\r\x1b[K" + text if text else "\r\x1b[K")
-        elif text:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-
-    return show
-
-
-def rotate(items: list[str], by: int) -> list[str]:
+def rotate(items: list[Item], by: int) -> list[Item]:
     """``items`` rotated left by ``by``."""
     if not items:
         return items
@@ -148,13 +152,14 @@ def run(
     Args:
         methods: start methods to compare (default: all available here).
         workers: pool size (default: the CPUs this process may use).
-        repeat: fresh-process repetitions of each number (default 3; 1 with ``quick``).
+        repeat: fresh-process repetitions of each number (default 5; 3 with ``quick``).
         quick: small sizes, for a run of seconds rather than minutes.
         against: peers to add, e.g. ``"stdlib,mppool,loky"`` or ``"all"``; missing ones are
             skipped and named in ``result.skipped``.
         floors: also measure bare processes, Connections and raw pipes (the limits).
-        workloads: a subset of workloads (default all): cold, respawn, latency, burst, map1,
-            mapchunk, mapdefault, mapauto, mapmodes, cpu, payload, array, memory.
+        workloads: the workloads to run, or ``"all"``: cold, respawn, latency, burst, map1,
+            mapchunk, mapdefault, mapauto, mapmodes, cpu, payload, array, memory (default:
+            ``DEFAULT_WORKLOADS``, or ``QUICK_WORKLOADS`` with ``quick``).
         timeout: seconds one measurement process may take before it is killed (a few
             workloads that are long by design get a multiple of it: ``timeout_scale``).
         progress: ``True`` for a progress line on stderr, or a callable taking a line.
@@ -169,7 +174,7 @@ def run(
     check_positive("repeat", repeat)
     chosen_methods = resolve_methods(methods)
     peers, skipped = resolve_peers(against)
-    names = resolve_workloads(workloads)
+    names = resolve_workloads(workloads, quick)
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
     pool_size = workers or usable_cpus()
@@ -199,14 +204,24 @@ def run(
     show = progress_printer(progress)
     samples: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     notes: dict[tuple[str, str, str], str] = {}
+    show("looking at the machine's load (0.5 s)")
+    result.load = LoadCheck()
+    result.load.begin()
     started = time.monotonic()
+    eta = Eta([((name, method, impl), name) for name, method, impl in jobs])
+    per_round = len(jobs) // rounds
+    budget = None if repeat or quick else DEFAULT_BUDGET_S
     for index, (name, method, impl) in enumerate(jobs):
-        elapsed = time.monotonic() - started
-        eta = "" if not index else f", ~{elapsed / index * (len(jobs) - index):.0f} s left"
-        show(
-            f"[{index + 1}/{len(jobs)}] {WORKLOADS_BY_NAME[name].title} | {method} | "
-            f"{impl_title(impl)} ({elapsed:.0f} s{eta})"
-        )
+        if budget is not None and _out_of_time(eta, index, per_round, budget):
+            done = index // per_round
+            result.repeat = done
+            result.note = (
+                f"stopped after {done} of {rounds} rounds: another would have ended past "
+                f"{budget:.0f} s (a slow or busy machine); --repeat N runs exactly N"
+            )
+            break
+        show(eta.line(index, f"{WORKLOADS_BY_NAME[name].title} | {method} | {impl_title(impl)}"))
+        eta.start()
         spec = {
             "kind": "workload",
             "workload": name,
@@ -216,6 +231,7 @@ def run(
             "params": WORKLOADS_BY_NAME[name].parameters(quick),
         }
         outcome = launch(spec, timeout * WORKLOADS_BY_NAME[name].timeout_scale)
+        eta.done(index)
         key = (name, method, impl)
         if outcome.leftovers:
             result.problems.append(
@@ -234,10 +250,19 @@ def run(
         if outcome.data.get("note"):
             notes[key] = str(outcome.data["note"])
         samples.setdefault(key, []).append(outcome.data.get("values", {}))
-    show("")
+    show("looking at the machine's load again (0.5 s)")
     result.seconds = time.monotonic() - started
+    result.load.end()
+    show("")
     _fill_cells(result, samples, notes)
     return result
+
+
+def _out_of_time(eta: Eta, index: int, per_round: int, budget: float) -> bool:
+    """At the start of a round past the minimum: would that round end past the budget?"""
+    if not per_round or index % per_round or index // per_round < QUICK_REPEAT:
+        return False
+    return eta.elapsed() + eta.left(index, index + per_round) > budget
 
 
 def _fill_cells(

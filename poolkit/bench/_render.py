@@ -11,9 +11,11 @@ import html
 from dataclasses import dataclass, field
 
 from ._machine import summary_line
+from ._noise import Ranking, rank
 from ._pkbench.catalog import MAP_DEFAULTS
 from ._result import BenchResult, Cell, impl_title
 from ._stats import format_stat
+from ._verdict import samples
 
 BEST = "*"
 RATIO_NOTE = (
@@ -56,31 +58,39 @@ def build_tables(result: BenchResult) -> tuple[list[Table], list[str]]:
 
 def _method_table(result: BenchResult, notes: _Notes) -> Table:
     table = Table(
-        f"poolkit by start method ({result.workers} workers; best marked {BEST})",
-        ["workload", "unit", *result.methods],
+        f"poolkit by start method ({result.workers} workers; a winner by the noise rule "
+        f"marked {BEST}, else tied)",
+        ["workload", "unit", *result.methods, "winner"],
     )
     for workload, metric in result.metrics():
         if metric.floor_only:
             continue
-        best = result.best_method(workload.name, metric.key)
+        ranking = rank(
+            {m: samples(result, workload.name, metric.key, m, "poolkit") for m in result.methods},
+            metric.higher_is_better,
+        )
         row = [result.label(workload, metric), metric.unit]
         for column, method in enumerate(result.methods, start=2):
             cell = result.cell(workload.name, metric.key, method)
             row.append(format_stat(cell.stat) if cell.stat else notes.mark(cell))
-            if method == best:
+            if method == ranking.winner:
                 table.best.add((len(table.rows), column))
+        row.append(ranking.text())
         table.rows.append(row)
     return table
 
 
 def _peer_table(result: BenchResult, method: str, notes: _Notes) -> Table:
     table = Table(
-        f"{method}: poolkit and peers side by side (best pool marked {BEST})",
-        ["workload", "unit", *(impl_title(i) for i in result.impls)],
+        f"{method}: poolkit and peers side by side (a winner by the noise rule marked {BEST})",
+        ["workload", "unit", *(impl_title(i) for i in result.impls), "winner"],
     )
-    pools = [(method, impl) for impl in result.impls if impl != "floor"]
+    pools = [impl for impl in result.impls if impl != "floor"]
     for workload, metric in result.metrics():
-        best = result.best(workload.name, metric.key, pools)
+        ranking = rank(
+            {impl: samples(result, workload.name, metric.key, method, impl) for impl in pools},
+            metric.higher_is_better,
+        )
         row = [result.label(workload, metric), metric.unit]
         for column, impl in enumerate(result.impls, start=2):
             cell = result.cell(workload.name, metric.key, method, impl)
@@ -95,10 +105,24 @@ def _peer_table(result: BenchResult, method: str, notes: _Notes) -> Table:
             if impl != "poolkit" and ratio is not None:
                 text += f" ({ratio:.2f}x)"
             row.append(text)
-            if best == (method, impl):
+            if impl == ranking.winner:
                 table.best.add((len(table.rows), column))
+        row.append("" if metric.floor_only else _pool_names(ranking))
         table.rows.append(row)
     return table
+
+
+def _pool_names(ranking: Ranking) -> str:
+    """The winner among pools, or who is tied, by the pools' report names."""
+    if not ranking.measured:
+        return "-"
+    if len(ranking.measured) == 1:
+        return f"only {impl_title(ranking.measured[0])}"
+    if ranking.winner is not None:
+        return impl_title(ranking.winner)
+    if len(ranking.leaders) == len(ranking.measured):
+        return "tied"
+    return "tied: " + ", ".join(impl_title(impl) for impl in ranking.leaders)
 
 
 def header_lines(result: BenchResult) -> list[str]:
@@ -118,20 +142,16 @@ def header_lines(result: BenchResult) -> list[str]:
         lines.append("map with default arguments: " + "; ".join(defaults))
     for impl, why in result.skipped.items():
         lines.append(f"skipped {impl}: {why}")
+    if result.note:
+        lines.append(result.note)
+    if result.seconds:
+        lines.append(f"measured in {result.seconds:.0f} s")
     return lines
 
 
 def verdict_lines(result: BenchResult) -> list[str]:
-    """A short verdict: which start method won the most rows."""
-    wins: dict[str, int] = {}
-    for workload, metric in result.metrics():
-        best = result.best_method(workload.name, metric.key)
-        if best:
-            wins[best] = wins.get(best, 0) + 1
-    if not wins:
-        return []
-    ranked = sorted(wins.items(), key=lambda item: -item[1])
-    return ["best start method per row: " + ", ".join(f"{m} {n}" for m, n in ranked)]
+    """The verdict: per group of rows, which start method, by the noise rule; then advice."""
+    return result.verdict().lines()
 
 
 def render_text(result: BenchResult) -> str:
@@ -162,8 +182,8 @@ def render_text(result: BenchResult) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_markdown(result: BenchResult, level: int = 3) -> str:
-    """The report as Markdown: the header as a list, then one table each."""
+def render_markdown(result: BenchResult, level: int = 3, verdict: bool = True) -> str:
+    """The report as Markdown: the header as a list, one table each, then the verdict."""
     tables, notes = build_tables(result)
     out = [f"- {line}" for line in header_lines(result)]
     for table in tables:
@@ -176,8 +196,8 @@ def render_markdown(result: BenchResult, level: int = 3) -> str:
                 for c, text in enumerate(row)
             ]
             out.append("| " + " | ".join(cells) + " |")
-    out.append("")
-    out.extend(verdict_lines(result))
+    if verdict:
+        out += ["", f"{'#' * level} Verdict", "", *result.verdict().markdown()]
     if len(result.impls) > 1:
         out += ["", RATIO_NOTE]
     if notes:
@@ -205,4 +225,7 @@ def render_html(result: BenchResult) -> str:
             parts.append("<tr>" + "".join(cells) + "</tr>")
         parts.append("</table>")
     parts.extend(f"<p>[{i}] {html.escape(n)}</p>" for i, n in enumerate(notes, start=1))
+    parts.append("<h4>verdict</h4><pre>")
+    parts.extend(html.escape(line) for line in result.verdict().lines())
+    parts.append("</pre>")
     return "\n".join(parts)

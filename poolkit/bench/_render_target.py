@@ -12,14 +12,15 @@ from ._stats import format_duration_stat, format_value
 if TYPE_CHECKING:
     from ._target import TargetResult
 
-HEADER = ["impl", "method", "chunksize", "time", "calls/s", "x serial"]
+HEADER = ["impl", "method", "chunksize", "start-up", "warm map", "calls/s", "x serial (range)"]
 
 
 def _header(result: TargetResult) -> list[str]:
     calls = f"{result.items} calls, " if result.items else ""
     lines = [
         f"poolkit bench --target {result.target}: {calls}{result.workers} "
-        f"workers, {result.repeat} repetition(s), each in a fresh process",
+        f"workers, {result.repeat} repetition(s), each in a fresh process; start-up = "
+        f"construct -> one call per worker done, warm map = every call on the started pool",
         f"machine: {summary_line(result.machine)}",
     ]
     if result.first_call:
@@ -31,8 +32,10 @@ def _header(result: TargetResult) -> list[str]:
 
 
 def _grid(result: TargetResult) -> tuple[list[list[str]], int]:
+    """The table's rows, and the index of the answer's row (marked) or -1."""
     rows, best_index = [], -1
-    best = result.best
+    answer = result.answer()
+    best = ("poolkit", answer.method, answer.chunksize)
     for index, row in enumerate(result.rows()):
         config = (row["impl"], row["method"], row["chunksize"])
         stat = result.timings.get(config)
@@ -44,15 +47,20 @@ def _grid(result: TargetResult) -> tuple[list[list[str]], int]:
                 row["error"],
                 "",
                 "",
+                "",
             ]
         else:
+            speedup = format_value(row["speedup_vs_serial"])
+            if row["speedup_low"] is not None:
+                speedup += f" ({row['speedup_low']:.2f}-{row['speedup_high']:.2f})"
             cells = [
                 impl_title(row["impl"]),
                 row["method"],
                 str(row["chunksize"]),
+                format_duration_stat(result.startup.get(config)),
                 format_duration_stat(stat),
                 format_value(row["calls_per_s"]),
-                format_value(row["speedup_vs_serial"]),
+                speedup,
             ]
         if config == best:
             best_index = index
@@ -69,15 +77,16 @@ def render_target_text(result: TargetResult) -> str:
             lines += ["", result.details]
         return "\n".join(lines) + "\n"
     rows, best = _grid(result)
+    columns = len(HEADER)
     grid = [HEADER] + [r + (["*"] if i == best else []) for i, r in enumerate(rows)]
-    widths = [max(len(r[c]) for r in grid if c < len(r)) for c in range(len(HEADER))]
+    widths = [max(len(r[c]) for r in grid if c < len(r)) for c in range(columns)]
     lines.append("")
     for index, row in enumerate(grid):
         cells = [
             text.ljust(widths[c]) if c < 3 else text.rjust(widths[c])
-            for c, text in enumerate(row[:6])
+            for c, text in enumerate(row[:columns])
         ]
-        lines.append("  ".join(cells) + (" *" if len(row) > 6 else ""))
+        lines.append("  ".join(cells) + (" *" if len(row) > columns else ""))
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines += ["", result.verdict()]
@@ -93,11 +102,11 @@ def render_target_markdown(result: TargetResult) -> str:
             out += ["", "```", result.details, "```"]
         return "\n".join(out) + "\n"
     rows, best = _grid(result)
-    out += ["", "| " + " | ".join(HEADER) + " |", "|---|---|---:|---:|---:|---:|"]
+    out += ["", "| " + " | ".join(HEADER) + " |", "|---|---|---:|---:|---:|---:|---:|"]
     for index, row in enumerate(rows):
         cells = [f"**{c}**" if index == best and c else c for c in row]
         out.append("| " + " | ".join(cells) + " |")
-    out += ["", result.verdict()]
+    out += ["", *(f"- {line.strip()}" for line in result.answer().lines())]
     return "\n".join(out) + "\n"
 
 
@@ -117,5 +126,6 @@ def render_target_html(result: TargetResult) -> str:
         bold = ("<b>", "</b>") if index == best else ("", "")
         cells = "".join(f"<td>{bold[0]}{html.escape(c)}{bold[1]}</td>" for c in row)
         parts.append(f"<tr>{cells}</tr>")
-    parts.append(f"</table><p>{html.escape(result.verdict())}</p>")
+    parts.append("</table>")
+    parts.extend(f"<p>{html.escape(line)}</p>" for line in result.answer().lines())
     return "\n".join(parts)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from ._machine import LoadCheck
 from ._pkbench.catalog import PEER_TITLES, WORKLOADS_BY_NAME, Metric, Workload, metric_label
 from ._stats import Stat
+
+if TYPE_CHECKING:
+    from ._verdict import Verdict
 
 CellKey = tuple[str, str, str, str]  # workload, metric key, method, implementation
 
@@ -39,6 +43,8 @@ class BenchResult:
     skipped: dict[str, str] = field(default_factory=dict)  #: peer -> why it was not measured
     problems: list[str] = field(default_factory=list)  #: errors and leftover processes
     seconds: float = 0.0
+    load: Optional[LoadCheck] = None  #: how busy the machine was before, during and after
+    note: str = ""  #: how the run differs from its plan (fewer rounds than asked for, ...)
 
     # ------------------------------------------------------------------ queries
 
@@ -95,6 +101,12 @@ class BenchResult:
             return None
         return mine / theirs
 
+    def verdict(self) -> Verdict:
+        """Which start method to use here, and why, by the noise rule (see ``_verdict``)."""
+        from ._verdict import build
+
+        return build(self)
+
     # ------------------------------------------------------------------ export
 
     def rows(self) -> list[dict[str, Any]]:
@@ -146,6 +158,7 @@ class BenchResult:
                 "repeat": self.repeat,
                 "quick": self.quick,
                 "seconds": self.seconds,
+                "note": self.note,
             },
             "cells": [
                 {
@@ -161,6 +174,8 @@ class BenchResult:
             "rows": self.rows(),
             "skipped": self.skipped,
             "problems": self.problems,
+            "load": None if self.load is None else self.load.to_dict(),
+            "verdict": self.verdict().to_dict(),
         }
 
     @classmethod
@@ -178,6 +193,8 @@ class BenchResult:
             skipped=dict(data.get("skipped", {})),
             problems=list(data.get("problems", [])),
             seconds=float(config.get("seconds", 0.0)),
+            note=str(config.get("note", "")),
+            load=LoadCheck.from_dict(data["load"]) if data.get("load") else None,
         )
         for entry in data.get("cells", []):
             stat = None if entry["stat"] is None else Stat.from_dict(entry["stat"])
@@ -197,11 +214,11 @@ class BenchResult:
 
         return render_text(self)
 
-    def to_markdown(self) -> str:
-        """The report as Markdown tables."""
+    def to_markdown(self, verdict: bool = True) -> str:
+        """The report as Markdown tables (and the verdict, unless ``verdict=False``)."""
         from ._render import render_markdown
 
-        return render_markdown(self)
+        return render_markdown(self, verdict=verdict)
 
     def __str__(self) -> str:
         return self.to_text()

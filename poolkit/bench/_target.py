@@ -9,23 +9,26 @@ through ``map`` in a fresh process, next to a serial run of the same inputs.
 from __future__ import annotations
 
 import math
-import time
+import statistics
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._launch import launch
-from ._machine import describe, summary_line, usable_cpus
+from ._machine import LoadCheck, describe, summary_line, usable_cpus
 from ._orchestrate import (
-    DEFAULT_REPEAT,
-    Progress,
+    TARGET_REPEAT,
     check_positive,
-    progress_printer,
     resolve_methods,
     resolve_peers,
     rotate,
 )
+from ._progress import Eta, Progress, progress_printer
 from ._result import impl_title
-from ._stats import Stat, format_seconds, summarize
+from ._stats import Stat, summarize
+from ._target_failure import describe_failure, record_failure
+
+if TYPE_CHECKING:
+    from ._target_verdict import TargetVerdict
 
 DEFAULT_COUNT = 100
 DEFAULT_TARGET_TIMEOUT = 60.0
@@ -92,6 +95,16 @@ class TargetResult:
     stage: str = ""
     details: str = ""
     skipped: dict[str, str] = field(default_factory=dict)
+    #: (impl, method, chunksize) -> pool start-up (construct -> first map of one call per
+    #: worker done), seconds, over the repetitions
+    startup: dict[Config, Optional[Stat]] = field(default_factory=dict)
+    #: What the probe saw: one call's time, its pickling cost, the threads after import.
+    probe: dict[str, Any] = field(default_factory=dict)
+    #: Round -> serial seconds, and (config -> round -> warm seconds): pairs for speed-ups.
+    serial_rounds: dict[int, float] = field(default_factory=dict)
+    rounds: dict[Config, dict[int, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    load: Optional[LoadCheck] = None
 
     @property
     def ok(self) -> bool:
@@ -100,13 +113,13 @@ class TargetResult:
 
     @property
     def best(self) -> Optional[Config]:
-        """The fastest (impl, method, chunksize) of poolkit, or None."""
-        measured = [
-            (stat.median, config)
-            for config, stat in self.timings.items()
-            if stat is not None and config[0] == "poolkit"
-        ]
-        return min(measured)[1] if measured else None
+        """The (impl, method, chunksize) of poolkit the answer recommends, or None."""
+        if self.failure:
+            return None
+        answer = self.answer()
+        if answer.method is None or answer.chunksize is None:
+            return None
+        return ("poolkit", answer.method, answer.chunksize)
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per combination: impl, method, chunksize, seconds, calls/s, speed-up."""
@@ -121,17 +134,44 @@ class TargetResult:
                 "spread_pct": None,
                 "calls_per_s": None,
                 "speedup_vs_serial": None,
+                "speedup_low": None,
+                "speedup_high": None,
+                "startup_s": None,
                 "error": self.errors.get((impl, method, chunksize), ""),
             }
+            startup = self.startup.get((impl, method, chunksize))
+            if startup is not None:
+                row["startup_s"] = startup.median
+            speedups = self.speedups((impl, method, chunksize))
+            if speedups:
+                row.update(speedup_low=min(speedups), speedup_high=max(speedups))
             if stat is not None:
                 row.update(
                     seconds=stat.median,
                     spread_pct=stat.spread_pct,
                     calls_per_s=self.items / stat.median if stat.median else None,
-                    speedup_vs_serial=serial / stat.median if serial and stat.median else None,
+                    # The median of the per-round ratios (a serial loop and this map ran in the
+                    # same round), as the answer gives it; the ratio of medians without pairs.
+                    speedup_vs_serial=statistics.median(speedups)
+                    if speedups
+                    else (serial / stat.median if serial and stat.median else None),
                 )
             rows.append(row)
         return rows
+
+    def speedups(self, config: Config) -> list[float]:
+        """Serial time over this config's warm time, one per round that measured both."""
+        return [
+            self.serial_rounds[r] / seconds
+            for r, seconds in self.rounds.get(config, {}).items()
+            if r in self.serial_rounds and seconds > 0
+        ]
+
+    def answer(self) -> TargetVerdict:
+        """What to use for this function, and how sure that is (see ``_target_verdict``)."""
+        from ._target_verdict import build
+
+        return build(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -153,24 +193,17 @@ class TargetResult:
             "stage": self.stage,
             "details": self.details,
             "skipped": self.skipped,
+            "probe": self.probe,
+            "seconds": self.seconds,
+            "load": None if self.load is None else self.load.to_dict(),
+            "verdict": None if self.failure else self.answer().to_dict(),
         }
 
     def verdict(self) -> str:
-        """One sentence: the fastest combination, or why there is none."""
+        """The answer in lines: start-up, warm throughput, chunksize, speed-up; or the failure."""
         if self.failure:
             return f"could not benchmark {self.target} ({self.stage}): {self.failure}"
-        best = self.best
-        if best is None:
-            return f"no combination of start method and chunksize ran {self.target} to the end"
-        stat = self.timings[best]
-        assert stat is not None
-        text = (
-            f"fastest: start_method={best[1]!r} with chunksize={best[2]}: "
-            f"{format_seconds(stat.median)} for {self.items} calls"
-        )
-        if self.serial:
-            text += f", {self.serial.median / stat.median:.2f}x the serial speed"
-        return text
+        return "\n".join(self.answer().lines())
 
     def to_text(self) -> str:
         """The terminal report."""
@@ -244,7 +277,7 @@ def run_target(
     calls = None if inputs is not None else normalize_args(args, count)
     sizes = _parse_chunksizes(chunksizes)
     pool_size = workers or usable_cpus()
-    rounds = repeat or DEFAULT_REPEAT
+    rounds = repeat or TARGET_REPEAT
     result = TargetResult(target, describe(), pool_size, rounds, skipped=skipped)
     base: dict[str, Any] = {"target": target, "args": calls, "inputs": inputs, "star": star}
     show = progress_printer(progress)
@@ -252,30 +285,39 @@ def run_target(
     show(f"probing {target} (import, one call)")
     probe = launch(dict(base, kind="target_probe"), timeout)
     if not probe.ok:
-        _record_failure(result, probe.data, probe.timed_out, probe.stderr, timeout)
+        record_failure(result, probe.data, probe.timed_out, probe.stderr, timeout)
         show("")
         return result
     result.items = int(probe.data["items"])
     result.first_call = str(probe.data.get("result", ""))
+    result.probe = {
+        key: probe.data.get(key)
+        for key in ("first_s", "pickle_s", "pickle_bytes", "pickle_note", "threads", "thread_names")
+    }
     sizes = sizes or default_chunksizes(result.items, pool_size)
     impls = ["poolkit", *peers]
     configs = [
         (impl, method, size) for method in chosen_methods for size in sizes for impl in impls
     ]
     samples: dict[Config, list[float]] = {c: [] for c in configs}
+    startups: dict[Config, list[float]] = {c: [] for c in configs}
     serial: list[float] = []
-    jobs: list[Optional[Config]] = []
+    jobs: list[tuple[int, Optional[Config]]] = []
     for round_index in range(rounds):
-        jobs.append(None)  # the serial run
-        jobs.extend(rotate(configs, round_index))  # type: ignore[arg-type]
-    started = time.monotonic()
-    for index, config in enumerate(jobs):
+        jobs.append((round_index, None))  # the serial run
+        jobs.extend((round_index, c) for c in rotate(configs, round_index))
+    result.load = LoadCheck()
+    show("looking at the machine's load (0.5 s)")
+    result.load.begin()
+    eta = Eta([(config, config and config[:2]) for _, config in jobs])
+    for index, (round_index, config) in enumerate(jobs):
         what = (
             "serial"
             if config is None
             else f"{impl_title(config[0])} {config[1]} chunksize={config[2]}"
         )
-        show(f"[{index + 1}/{len(jobs)}] {target}: {what} ({time.monotonic() - started:.0f} s)")
+        show(eta.line(index, f"{target}: {what}"))
+        eta.start()
         if config is None:
             outcome = launch(dict(base, kind="target_serial"), timeout)
         else:
@@ -290,13 +332,25 @@ def run_target(
                 workers=pool_size,
             )
             outcome = launch(spec, timeout)
+        eta.done(index)
         if outcome.ok:
-            (serial if config is None else samples[config]).append(float(outcome.data["seconds"]))
+            seconds = float(outcome.data["seconds"])
+            if config is None:
+                serial.append(seconds)
+                result.serial_rounds[round_index] = seconds
+            else:
+                samples[config].append(seconds)
+                startups[config].append(float(outcome.data.get("startup", 0.0)))
+                result.rounds.setdefault(config, {})[round_index] = seconds
         elif config is not None:
-            result.errors[config] = _describe(outcome.data, outcome.timed_out, timeout)
+            result.errors[config] = describe_failure(outcome.data, outcome.timed_out, timeout)
+    show("looking at the machine's load again (0.5 s)")
+    result.seconds = eta.elapsed()
+    result.load.end()
     show("")
     result.serial = summarize(serial)
     result.timings = {config: summarize(values) for config, values in samples.items()}
+    result.startup = {config: summarize(values) for config, values in startups.items()}
     return result
 
 
@@ -314,50 +368,6 @@ def _parse_chunksizes(value: Union[str, list[int], None]) -> list[int]:
             raise ValueError(f"chunksizes must be positive integers, got {size}")
         sizes.append(size)
     return sorted(set(sizes))
-
-
-def _describe(data: dict[str, Any], timed_out: bool, timeout: float) -> str:
-    if timed_out:
-        return f"timed out after {timeout:g} s"
-    return str(data.get("error", "failed"))
-
-
-def _record_failure(
-    result: TargetResult, data: dict[str, Any], timed_out: bool, stderr: str, timeout: float
-) -> None:
-    if timed_out:
-        result.stage = "timeout"
-        result.failure = (
-            f"{result.target} did not finish within {timeout:g} s when called once in a fresh "
-            f"process: it hangs, or one call takes longer than --timeout"
-        )
-        result.details = _where_it_hung(stderr)
-        return
-    result.stage = str(data.get("stage", "runner"))
-    result.failure = str(data.get("error", "the probe failed"))
-    result.details = str(data.get("traceback", "")).strip()
-
-
-def _where_it_hung(stderr: str) -> str:
-    """The main thread's stack from the runner's faulthandler dump, innermost call first."""
-    lines = stderr.splitlines()
-    start = next(
-        (
-            i
-            for i, line in enumerate(lines)
-            if "most recent call first" in line and "Current thread" in line
-        ),
-        None,
-    )
-    if start is None:
-        return stderr.strip()[-2000:]
-    stack = []
-    for line in lines[start + 1 :]:
-        if not line.strip().startswith("File"):
-            break
-        if "_pkbench" not in line and '"<string>"' not in line:
-            stack.append("  " + line.strip())
-    return "where it was when stopped (innermost first):\n" + "\n".join(stack)
 
 
 def machine_line(result: TargetResult) -> str:

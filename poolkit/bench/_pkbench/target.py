@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import pickle
+import threading
 import time
 from typing import Any, Callable
 
@@ -63,7 +66,12 @@ def load(spec: dict[str, Any]) -> tuple[Callable[..., Any], list[tuple[Any, ...]
 
 
 def probe(spec: dict[str, Any]) -> dict[str, Any]:
-    """Import, then call once in this process: catches import errors, raises and hangs early."""
+    """Import, then call once in this process: catches import errors, raises and hangs early.
+
+    Also tells what a pool adds to one call: the time to pickle and unpickle its arguments and
+    its result (the least a process pool pays per call), and how many threads run once the
+    user's module is imported (forking a process with threads can deadlock the child).
+    """
     fn, calls = load(spec)
     start = time.perf_counter()
     try:
@@ -73,7 +81,41 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
             "call", f"{spec['target']}{_short(calls[0])} raised {type(exc).__name__}: {exc}"
         ) from exc
     elapsed = time.perf_counter() - start
-    return {"items": len(calls), "first_s": elapsed, "result": _short(result)}
+    return {
+        "items": len(calls),
+        "first_s": elapsed,
+        "result": _short(result),
+        **_pickling(calls[0], result),
+        "threads": _threads(),
+        "thread_names": sorted(t.name for t in threading.enumerate())[:8],
+    }
+
+
+def _pickling(args: tuple[Any, ...], result: Any) -> dict[str, Any]:
+    """Seconds to pickle and unpickle one call's arguments and result, and their bytes."""
+    try:
+        start = time.perf_counter()
+        rounds = 0
+        while True:  # repeat tiny ones until the clock can see them
+            sent = pickle.dumps(args, pickle.HIGHEST_PROTOCOL)
+            back = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+            pickle.loads(sent)
+            pickle.loads(back)
+            rounds += 1
+            elapsed = time.perf_counter() - start
+            if elapsed > 0.01 or rounds >= 1000:
+                break
+    except Exception as exc:  # cloudpickle may still ship it; then no estimate
+        return {"pickle_s": None, "pickle_bytes": None, "pickle_note": repr(exc)[:200]}
+    return {"pickle_s": elapsed / rounds, "pickle_bytes": len(sent) + len(back)}
+
+
+def _threads() -> int:
+    """Threads of this process, C threads (a BLAS pool, ...) included where /proc tells."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 def serial(spec: dict[str, Any]) -> dict[str, Any]:
@@ -90,15 +132,21 @@ def serial(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def pooled(spec: dict[str, Any]) -> dict[str, Any]:
-    """Every call through one implementation's ``map`` at one chunksize."""
+    """Every call through one implementation's ``map`` at one chunksize, on a warm pool.
+
+    Also the start-up: from constructing the pool to the end of a first map of one call per
+    worker (each worker has imported the function), timed apart from the warm map.
+    """
     fn, calls = load(spec)
     single = all(len(args) == 1 for args in calls)
     func: Callable[..., Any] = fn if single else tasks.Star(fn)
     items = [args[0] for args in calls] if single else calls
+    started = time.perf_counter()
     pool = make_pool(spec["impl"], spec["method"], int(spec["workers"]))
     try:
         try:
             pool.map(func, items[: pool.workers], 1)  # warm-up: every worker has imported fn
+            startup = time.perf_counter() - started
             start = time.perf_counter()
             pool.map(func, items, int(spec["chunksize"]))
             elapsed = time.perf_counter() - start
@@ -108,7 +156,7 @@ def pooled(spec: dict[str, Any]) -> dict[str, Any]:
             ) from exc
     finally:
         pool.shutdown()
-    return {"seconds": elapsed}
+    return {"seconds": elapsed, "startup": startup}
 
 
 def _short(value: Any, limit: int = 120) -> str:
