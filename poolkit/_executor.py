@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import sys
@@ -10,7 +11,7 @@ import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
-from typing import Any, Callable, Literal, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, overload
 
 from . import _completion as completion
 from . import _initargs as initargs_pickling
@@ -21,6 +22,9 @@ from ._oob import AVAILABLE as oob_available
 from ._options import UNSET, TaskOptions, check_bytes, check_seconds
 from ._tasks import TaskState, abandon_futures
 from ._worker import WorkerConfig
+
+if TYPE_CHECKING:
+    from ._dask import DaskExecutor
 
 T = TypeVar("T")
 
@@ -107,6 +111,21 @@ def _check_travel(
             )
 
 
+class _ConstructorSignature:
+    """A class's signature, taken from its ``__init__`` (a subclass's own, if it has one).
+
+    ``inspect.signature`` reads ``__signature__`` before it looks at ``__new__``.
+    """
+
+    def __get__(self, instance: object, owner: type) -> inspect.Signature:
+        if instance is not None:
+            # An executor is not callable: it has no signature of its own.
+            raise AttributeError("__signature__")
+        signature = inspect.signature(owner.__init__)  # type: ignore[misc]
+        parameters = list(signature.parameters.values())[1:]  # without self
+        return signature.replace(parameters=parameters, return_annotation=owner.__name__)
+
+
 class Executor(TaskFrontend):
     """A pool of persistent worker processes behind the ``concurrent.futures`` interface.
 
@@ -134,12 +153,62 @@ class Executor(TaskFrontend):
             with :meth:`with_options`.
         max_memory_per_child: bytes of resident memory after which a worker is replaced
             (checked after each task; the worker finishes that task first).
+        backend: ``None`` or ``"local"`` (default): this pool of local processes.
+            ``"dask"``: the call returns a ``DaskExecutor`` instead, with the same
+            interface, that runs tasks on a dask.distributed cluster (docs/distributed.md;
+            ``pip install 'poolkit[dask]'``); with it, only ``max_workers``, ``address`` and
+            ``client`` apply.
+        address: with ``backend="dask"``, the scheduler to connect to (for example
+            ``"tcp://10.0.0.5:8786"``); without ``address`` or ``client``, poolkit starts a
+            local cluster of ``max_workers`` processes.
+        client: with ``backend="dask"``, a ``distributed.Client`` to use (poolkit never
+            closes it).
+
+    ``initargs`` may hold ``multiprocessing`` objects (locks, queues, ``Value``/``Array``,
+    manager proxies, ...): every worker, replacements included, gets working handles to
+    them, as with the standard library (docs/api.md).
 
     Raises:
-        TypeError: an argument has the wrong type.
+        TypeError: an argument has the wrong type; the initializer or an item of
+            ``initargs`` cannot be pickled, or cannot be given to this start method's
+            workers (the message names it).
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is not positive; the start
-            method is unknown or unavailable; ``start_method`` and ``mp_context`` disagree.
+            method is unknown or unavailable; ``start_method`` and ``mp_context`` disagree;
+            ``backend`` is unknown; ``address`` or ``client`` without ``backend="dask"``.
+        ImportError: ``backend="dask"`` without dask.distributed installed.
     """
+
+    #: What ``inspect.signature(Executor)``, ``help()`` and IDEs show: the parameters of
+    #: ``__init__``, which ``__new__`` (with its ``*args, **kwargs``) would hide.
+    __signature__ = _ConstructorSignature()
+
+    @overload
+    def __new__(
+        cls,
+        max_workers: Optional[int] = None,
+        mp_context: Optional[BaseContext] = None,
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: Iterable[Any] = (),
+        *,
+        backend: Optional[Literal["local"]] = None,
+        max_tasks_per_child: Optional[int] = None,
+        start_method: Optional[str] = None,
+        task_timeout: Optional[float] = None,
+        max_memory_per_child: Optional[int] = None,
+    ) -> Executor: ...
+
+    # mypy reports a __new__ that returns another class (python/mypy#15182) and types the
+    # call as Executor anyway; type checkers that follow the typing spec's constructor
+    # rules (pyright) type it as DaskExecutor.
+    @overload
+    def __new__(  # type: ignore[misc]
+        cls,
+        max_workers: Optional[int] = None,
+        *,
+        backend: Literal["dask"],
+        address: Any = None,
+        client: Any = None,
+    ) -> DaskExecutor: ...
 
     def __new__(cls, *args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
         """``backend="dask"`` returns a ``poolkit._dask.DaskExecutor`` (docs/distributed.md).
@@ -168,7 +237,12 @@ class Executor(TaskFrontend):
         start_method: Optional[str] = None,
         task_timeout: Optional[float] = None,
         max_memory_per_child: Optional[int] = None,
+        address: Any = None,
+        client: Any = None,
     ) -> None:
+        if address is not None or client is not None:
+            given = "address" if address is not None else "client"
+            raise ValueError(f"{given}= names a dask cluster: it needs backend='dask'")
         if max_workers is None:
             max_workers = default_workers()
         elif not isinstance(max_workers, int) or isinstance(max_workers, bool):
