@@ -166,7 +166,7 @@ def _check_carried(objects: tuple[Any, ...], method: str, lost: TemplateFailed) 
         if why is not None:
             raise TypeError(
                 f"{lost}; its replacements would start with {method!r}, and "
-                f"{initargs_pickling.describe(obj)} in initargs cannot be given to "
+                f"{initargs_pickling.describe_carried(obj)} cannot be given to "
                 f"{method} workers: {why}"
             ) from lost
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
 import signal
 import sys
 import threading
@@ -15,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, ove
 
 from . import _completion as completion
 from . import _initargs as initargs_pickling
-from ._backends import Backend, resolve_backend, start_methods
 from ._dispatcher import Dispatcher
 from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
 from ._oob import AVAILABLE as oob_available
@@ -27,8 +25,6 @@ if TYPE_CHECKING:
     from ._dask import DaskExecutor
 
 T = TypeVar("T")
-
-logger = logging.getLogger(__name__)
 
 #: After Ctrl-C, how long to wait for the killed workers to be reaped.
 EXIT_JOIN_SECONDS = 10.0
@@ -58,57 +54,6 @@ def _at_interpreter_exit() -> None:
 
 if hasattr(threading, "_register_atexit"):
     threading._register_atexit(_at_interpreter_exit)
-
-
-def _pack_config(config: WorkerConfig) -> initargs_pickling.PackedConfig:
-    """Pickle what every worker gets at start; its multiprocessing objects set aside.
-
-    Raises:
-        TypeError: the initializer or an item of ``initargs`` cannot be pickled (named).
-    """
-    try:
-        return initargs_pickling.pack(config)
-    except Exception as exc:
-        part = initargs_pickling.unpicklable_part(config.initializer, config.initargs)
-        raise TypeError(f"{part} cannot be pickled: {type(exc).__name__}: {exc}") from exc
-
-
-def _choose_backend(
-    start_method: Optional[str], mp_context: Optional[BaseContext], objects: tuple[Any, ...]
-) -> Backend:
-    """The backend for the arguments, adapted to the ``initargs`` objects when not chosen.
-
-    With neither ``start_method`` nor ``mp_context``, a pool given objects of a ``fork``
-    context (``multiprocessing.Lock()`` on Linux before Python 3.14) uses ``fork``: no
-    other worker could open their semaphores, and ``fork`` is what the standard library's
-    pool uses by default on those versions.
-    """
-    backend = resolve_backend(start_method, mp_context)
-    chosen = start_method is not None or mp_context is not None
-    if (
-        objects
-        and not chosen
-        and backend.name != "fork"
-        and "fork" in start_methods()
-        and initargs_pickling.fork_bound(objects)
-    ):
-        logger.debug("poolkit: initargs hold objects of a fork context: the pool uses fork")
-        return resolve_backend("fork", None)
-    return backend
-
-
-def _check_travel(
-    objects: tuple[Any, ...], method: str, initializer: Any, initargs: tuple[Any, ...]
-) -> None:
-    """Raise TypeError, naming it, for an object that cannot reach a ``method`` worker."""
-    for obj in objects:
-        why = initargs_pickling.travel_error(obj, method)
-        if why is not None:
-            where = initargs_pickling.locate(obj, initializer, initargs)
-            raise TypeError(
-                f"{where} ({initargs_pickling.describe(obj)}) cannot be given to "
-                f"{method} workers: {why}"
-            )
 
 
 class _ConstructorSignature:
@@ -262,10 +207,8 @@ class Executor(TaskFrontend):
                 raise ValueError("max_tasks_per_child must be >= 1")
         self._task_timeout = check_seconds("task_timeout", task_timeout)
         max_memory = check_bytes("max_memory_per_child", max_memory_per_child)
-        packed = _pack_config(WorkerConfig(initializer, initargs, max_tasks_per_child, max_memory))
-        method = _choose_backend(start_method, mp_context, packed.objects)
-        _check_travel(packed.objects, method.name, initializer, initargs)
-        method.carry(packed.objects)
+        config = WorkerConfig(initializer, initargs, max_tasks_per_child, max_memory)
+        packed, method = initargs_pickling.prepare(config, start_method, mp_context)
 
         self._init_frontend(max_workers)
         self._max_tasks_per_child = max_tasks_per_child

@@ -23,9 +23,14 @@ import functools
 import io
 import pickle
 import sys
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from . import _serialization as serialization
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+
+    from ._backends import Backend
 
 # The worker only unpacks (``unpack``): the multiprocessing modules that define the objects
 # are imported by the parent's side alone, on first need, so a worker starts without them.
@@ -78,7 +83,11 @@ def _is_process_object(obj: Any) -> bool:
 
 
 class PackedConfig(NamedTuple):
-    """The pickled configuration, and the objects it refers to by persistent id."""
+    """The pickled configuration, and the objects it refers to by persistent id.
+
+    An empty ``blob`` means the configuration itself is ``objects[0]``: under ``fork``,
+    where a configuration that cannot be pickled is inherited whole.
+    """
 
     blob: bytes
     objects: tuple[Any, ...]
@@ -144,6 +153,8 @@ def _dump(base: type[pickle.Pickler], obj: Any, collector: _Collector) -> bytes:
 
 def unpack(blob: bytes, objects: tuple[Any, ...]) -> Any:
     """The configuration pickled by :func:`pack`, its process objects put back."""
+    if not blob:
+        return objects[0]
 
     class Unpickler(pickle.Unpickler):
         def persistent_load(self, index: Any) -> Any:
@@ -245,6 +256,15 @@ def describe(obj: Any) -> str:
     return f"a {cls.__module__}.{cls.__qualname__}"
 
 
+def describe_carried(obj: Any) -> str:
+    """How an object a backend carries is named in an error."""
+    from ._worker import WorkerConfig
+
+    if isinstance(obj, WorkerConfig):
+        return "the initializer and initargs (inherited, as they cannot be pickled)"
+    return f"{describe(obj)} in initargs"
+
+
 def locate(target: Any, initializer: Any, initargs: tuple[Any, ...]) -> str:
     """Where ``target`` (a process object) sits: ``initargs[2]`` or ``the initializer``."""
     for index, value in enumerate(initargs):
@@ -269,3 +289,55 @@ def unpicklable_part(initializer: Any, initargs: tuple[Any, ...]) -> str:
         except Exception:
             return f"initargs[{index}] ({describe(value)})"
     return f"the initializer ({serialization.callable_name(initializer)})"
+
+
+# ------------------------------------------------------------ the executor's entry point
+
+
+def prepare(
+    config: Any, start_method: Optional[str], mp_context: Optional[BaseContext]
+) -> tuple[PackedConfig, Backend]:
+    """Pickle a ``WorkerConfig`` for the workers, and pick the backend that can take it.
+
+    With neither ``start_method`` nor ``mp_context``, a configuration that only forked
+    workers can use (objects of a ``fork`` context, such as ``multiprocessing.Lock()``
+    before Python 3.14 on Linux, or objects that cannot be pickled at all) makes the pool
+    use ``fork``, as the standard library's pool does by default on those versions. Under
+    ``fork`` nothing needs pickling: a configuration that cannot be pickled is inherited
+    whole by every worker and by the fork template.
+
+    Raises:
+        TypeError: the initializer or an item of ``initargs`` cannot be pickled, or cannot
+            be given to the workers of the start method (the message names it).
+        ValueError: see ``resolve_backend``.
+    """
+    import logging  # the parent's side only: a worker does not import logging
+
+    from ._backends import resolve_backend, start_methods
+
+    logger = logging.getLogger(__name__)
+    backend = resolve_backend(start_method, mp_context)
+    may_fork = start_method is None and mp_context is None and "fork" in start_methods()
+    try:
+        packed = pack(config)
+    except Exception as exc:
+        if backend.name != "fork" and not may_fork:
+            part = unpicklable_part(config.initializer, config.initargs)
+            raise TypeError(f"{part} cannot be pickled: {type(exc).__name__}: {exc}") from exc
+        if backend.name != "fork":
+            logger.info("poolkit: initargs cannot be pickled (%s): the pool uses fork", exc)
+            backend = resolve_backend("fork", None)
+        packed = PackedConfig(b"", (config,))
+    else:
+        if packed.objects and backend.name != "fork" and may_fork and fork_bound(packed.objects):
+            logger.info("poolkit: initargs hold objects of a fork context: the pool uses fork")
+            backend = resolve_backend("fork", None)
+        for obj in packed.objects:
+            why = travel_error(obj, backend.name)
+            if why is not None:
+                where = locate(obj, config.initializer, config.initargs)
+                raise TypeError(
+                    f"{where} ({describe(obj)}) cannot be given to {backend.name} workers: {why}"
+                )
+    backend.carry(packed.objects)
+    return packed, backend

@@ -109,3 +109,17 @@ def announce_and_sleep(token: int, ready_fifo: str) -> int:
 def same_objects() -> bool:
     first, second = kept["objects"][:2]
     return first is second
+
+
+def kind_of_kept() -> tuple[str, int]:
+    obj = kept["obj"]
+    return f"{type(obj).__module__}.{type(obj).__qualname__}", os.getpid()
+
+
+def tqdm_lock_kind() -> str:
+    from tqdm import tqdm
+
+    lock = tqdm.get_lock()
+    with lock:  # the lock the parent passed works here
+        pass
+    return type(lock).__name__

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from multiprocessing import shared_memory
 from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import initargs_tasks as worker
 import pytest
@@ -382,12 +382,56 @@ def test_fork_context_object_for_another_method_is_named_at_construction(method:
     gc.collect()
 
 
-def test_an_unpicklable_initarg_is_named() -> None:
+_NOT_FORK = [m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
+
+
+@pytest.mark.parametrize("method", _NOT_FORK)
+def test_an_unpicklable_initarg_is_named(method: str) -> None:
     with pytest.raises(TypeError, match=r"initargs\[2\] \(a _thread\.lock\) cannot be pickled"):
-        Executor(1, initializer=worker.keep_many, initargs=(1, "two", threading.Lock()))
+        Executor(
+            1,
+            start_method=method,
+            initializer=worker.keep_many,
+            initargs=(1, "two", threading.Lock()),
+        )
 
 
-def test_an_unpicklable_initializer_is_named() -> None:
+@pytest.mark.parametrize("method", _NOT_FORK)
+def test_an_unpicklable_initializer_is_named(method: str) -> None:
     lock = threading.Lock()
     with pytest.raises(TypeError, match=r"the initializer \(partial\(.*keep\)\) cannot be"):
-        Executor(1, initializer=functools.partial(worker.keep, lock))
+        Executor(1, start_method=method, initializer=functools.partial(worker.keep, lock))
+
+
+@pytest.mark.parametrize("method", [None, "fork"])
+def test_unpicklable_initargs_are_inherited_under_fork(method: Optional[str]) -> None:
+    # As with the standard library's fork pools, nothing is pickled under fork: the
+    # workers, replacements included, inherit the initargs. Without a start method, the
+    # pool uses fork for them (the standard library's default before 3.14).
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("fork is not available")
+    lock = threading.Lock()
+    with Executor(
+        1,
+        start_method=method,
+        initializer=worker.keep,
+        initargs=(lock,),
+        max_tasks_per_child=2,
+    ) as ex:
+        assert ex.start_method == "fork"
+        _through_recycle_and_crash(ex, lambda token: _check_inherited_lock(ex))
+
+
+def _check_inherited_lock(ex: Executor) -> int:
+    kind, pid = _result(ex.submit(worker.kind_of_kept))
+    assert kind == "_thread.lock"
+    return int(pid)
+
+
+def test_tqdm_lock_travels_without_a_start_method() -> None:
+    # tqdm.contrib.concurrent.process_map's pattern: its write lock (a multiprocessing
+    # RLock of the default context, and a threading RLock) as initargs.
+    tqdm = pytest.importorskip("tqdm")
+    lock = tqdm.tqdm.get_lock()
+    with Executor(1, initializer=tqdm.tqdm.set_lock, initargs=(lock,)) as ex:
+        assert _result(ex.submit(worker.tqdm_lock_kind)) == "TqdmDefaultWriteLock"
