@@ -151,16 +151,20 @@ def _dump(base: type[pickle.Pickler], obj: Any, collector: _Collector) -> bytes:
     return buffer.getvalue()
 
 
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, blob: bytes, objects: tuple[Any, ...]) -> None:
+        super().__init__(io.BytesIO(blob))
+        self._objects = objects
+
+    def persistent_load(self, index: Any) -> Any:
+        return self._objects[index]
+
+
 def unpack(blob: bytes, objects: tuple[Any, ...]) -> Any:
     """The configuration pickled by :func:`pack`, its process objects put back."""
     if not blob:
         return objects[0]
-
-    class Unpickler(pickle.Unpickler):
-        def persistent_load(self, index: Any) -> Any:
-            return objects[index]
-
-    return Unpickler(io.BytesIO(blob)).load()
+    return _Unpickler(blob, objects).load()
 
 
 # ------------------------------------------------------------ will they reach a worker?
