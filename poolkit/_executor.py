@@ -142,9 +142,10 @@ class Executor(TaskFrontend):
         max_memory_per_child: Optional[int] = None,
     ) -> Executor: ...
 
-    # mypy reports a __new__ that returns another class (python/mypy#15182) and types the
-    # call as Executor anyway; type checkers that follow the typing spec's constructor
-    # rules (pyright) type it as DaskExecutor.
+    # Checkers that follow the typing spec's constructor rules (pyright) read these
+    # overloads and type this form as DaskExecutor. mypy refuses a __new__ that returns
+    # another class, and types every call as Executor (python/mypy#15182); it checks the
+    # arguments against __init__.
     @overload
     def __new__(  # type: ignore[misc]
         cls,
