@@ -113,6 +113,18 @@ def _use_proxy(ex: Executor, proxy: Any, token: int) -> int:
     return int(pid)
 
 
+def _use_pipe(ex: Executor, ends: Any, token: int) -> int:
+    pid = _result(ex.submit(worker.send, token))
+    assert ends[0].poll(60)
+    assert ends[0].recv() == (token, pid)
+    return int(pid)
+
+
+def _close_pipe(ends: Any) -> None:
+    for end in ends:
+        end.close()
+
+
 def _close_queue(queue: Any) -> None:
     queue.close()
     queue.join_thread()
@@ -168,6 +180,7 @@ KINDS: dict[str, Kind] = {
     "Array": Kind(lambda ctx: ctx.Array("i", 8), _use_array),  # type: ignore[attr-defined]
     "RawArray": Kind(lambda ctx: ctx.RawArray("i", 8), _use_array),  # type: ignore[attr-defined]
     "SharedMemory": Kind(_new_shared_memory, _use_shared_memory, _release_shared_memory),
+    "Pipe": Kind(lambda ctx: ctx.Pipe(), _use_pipe, _close_pipe),  # type: ignore[attr-defined]
 }
 
 
