@@ -153,9 +153,17 @@ def test_every_descriptor_of_a_running_pool_is_private(start_method: str, tmp_pa
             os.getpid(): {fd: t for fd, t in parent_now.items() if parent_before.get(fd) != t}
         }
         others = descendants(os.getpid())
+        # Not the pool's: what the test process held before the pool (its stdout, pytest's
+        # capture files), which a forked process inherits, and a module being imported
+        # at the instant of the listing (a fork server's import reads a .pyc).
+        users_own = set(parent_before.values())
         for pid in others:
             try:
-                processes[pid] = descriptors(pid)
+                processes[pid] = {
+                    fd: t
+                    for fd, t in descriptors(pid).items()
+                    if t not in users_own and not t.endswith((".py", ".pyc"))
+                }
             except OSError:
                 continue  # a process that exited meanwhile (a replaced worker)
         mapped = {pid: maps_of(pid) for pid in processes}
