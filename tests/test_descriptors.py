@@ -153,11 +153,15 @@ def test_every_descriptor_of_a_running_pool_is_private(start_method: str, tmp_pa
             os.getpid(): {fd: t for fd, t in parent_now.items() if parent_before.get(fd) != t}
         }
         others = descendants(os.getpid())
+        # What the parent had open before the pool (the test runner's files, its output
+        # redirected anywhere) a forked process inherits: not the pool's to answer for.
+        inherited = set(parent_before.values())
         for pid in others:
             try:
-                processes[pid] = descriptors(pid)
+                fds = descriptors(pid)
             except OSError:
                 continue  # a process that exited meanwhile (a replaced worker)
+            processes[pid] = {fd: t for fd, t in fds.items() if t not in inherited}
         mapped = {pid: maps_of(pid) for pid in processes}
         problems = audit(processes, mapped)
         gate.open()
