@@ -47,7 +47,7 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
-from ._assignment import assignments, in_flight_limit
+from ._assignment import assignments, in_flight_limit, steal_share
 from ._backends import Backend
 from ._errors import (
     BrokenProcessPool,
@@ -70,8 +70,9 @@ from ._messages import (
     decode_message,
 )
 from ._oob import open_buffers
+from ._pending import PendingQueue
 from ._stopping import GraceClock
-from ._tasks import TaskState, fail, rebuild_exception, resolve
+from ._tasks import CLAIMS_LOCK, TaskState, fail, mark_started, rebuild_exception, resolve
 from ._thread_signals import leave_signals_to_other_threads, signal_mask
 from ._transport import register_parent_fd, unregister_parent_fd
 from ._worker import worker_main
@@ -101,7 +102,13 @@ class Dispatcher:
         self._config_blob = config_blob
         self._max_tasks_per_child = max_tasks_per_child
         #: Tasks not yet assigned. Callers append; the dispatcher pops and may requeue left.
-        self.pending: collections.deque[TaskState] = collections.deque()
+        self.pending = PendingQueue()
+        #: Tasks a caller took back from a worker (cancel(), a higher priority): the
+        #: dispatcher drops them from that worker's list, and requeues those not cancelled.
+        self._revoked: collections.deque[TaskState] = collections.deque()
+        self._on_revoke = self._revoked_by_caller  # bound once, handed to every posted task
+        #: A task with a priority was submitted: submits then keep the priority rule.
+        self._prioritized = False
         self._workers: dict[int, WorkerHandle] = {}
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
@@ -163,6 +170,9 @@ class Dispatcher:
 
     def submit(self, task: TaskState) -> None:
         """Queue a task (any thread)."""
+        if task.priority or self._prioritized:
+            self._submit_prioritized(task)
+            return
         pending = self.pending
         if pending or not self._send_direct(task):
             pending.append(task)
@@ -172,6 +182,36 @@ class Dispatcher:
                 # interval). Hand it over now, so the workers are fed while we submit.
                 time.sleep(0)
             self.wake()
+
+    def _submit_prioritized(self, task: TaskState) -> None:
+        """Queue a task, taking back every prefetched task of a lower priority (any thread).
+
+        Under ``CLAIMS_LOCK``, as the dispatcher posts prefetched tasks: either a lower one
+        is posted first and taken back here, or the dispatcher sees this task queued and
+        does not post it. Once this returns, no lower task that has not started can start
+        before this one.
+        """
+        self._prioritized = True
+        revoked = []
+        with CLAIMS_LOCK:
+            self.pending.append(task)
+            for worker in list(self._workers.values()):
+                for held in list(worker.assigned):
+                    board = held.board
+                    if board is None or held.priority >= task.priority:
+                        continue
+                    held.board = None
+                    if board.revoke(held.seq, held.task_id):
+                        revoked.append(held)
+                    else:
+                        mark_started(held)
+        self._revoked.extend(revoked)
+        self.wake()
+
+    def _revoked_by_caller(self, task: TaskState) -> None:
+        """A caller's cancel() took ``task`` back from its worker (any thread)."""
+        self._revoked.append(task)
+        self.wake()
 
     def _send_direct(self, task: TaskState) -> bool:
         """From the caller's thread: write ``task`` to an idle worker now, if there is one.
@@ -242,6 +282,11 @@ class Dispatcher:
         for task in list(self.pending):  # a snapshot: the dispatcher pops meanwhile
             if not task.started:
                 task.future.cancel()
+        # Prefetched but not started: cancel() takes them back from their workers.
+        for worker in list(self._workers.values()):
+            for task in list(worker.assigned):
+                if task.board is not None and not task.started:
+                    task.future.cancel()
         self._cancelled_waiting = True
         self.wake()
 
@@ -348,6 +393,8 @@ class Dispatcher:
             )
             self._signal_all(signum)
             self._force_done.set()
+        if self._revoked:
+            self._take_back_revoked()
         while self._stop_requests:
             self._stop(self._stop_requests.popleft())
         if self._cancelled_waiting:
@@ -364,15 +411,65 @@ class Dispatcher:
     # -------------------------------------------------------------- assignment
 
     def _assign(self) -> None:
-        """Give pending tasks to workers with room (see ``_assignment``)."""
-        if not self.pending or self._stopping:
+        """Give pending tasks to workers with room (see ``_assignment``); then let each idle
+        worker take back tasks that wait, unstarted, in another worker."""
+        if self._stopping:
             return
-        candidates = [w for w in self._workers.values() if w.accepting]
-        limit = in_flight_limit(self._task_seconds)
-        for worker, batch in assignments(self.pending, candidates, limit, time.monotonic()):
-            self._send(worker, batch)
+        if self.pending:
+            candidates = [w for w in self._workers.values() if w.accepting]
+            limit = in_flight_limit(self._task_seconds)
+            for worker, batch in assignments(self.pending, candidates, limit, time.monotonic()):
+                self._send(worker, batch)
+        if not self.pending:
+            self._steal_for_idle()
+
+    def _steal_for_idle(self) -> None:
+        """No task waits in one worker while another is idle: take it back, send it over."""
+        for thief in [w for w in self._workers.values() if w.accepting and not w.assigned]:
+            victim, wanted = steal_share(thief, self._workers.values())
+            if victim is None:
+                return
+            taken = []
+            for task in wanted:
+                with CLAIMS_LOCK:
+                    board = task.board
+                    if board is None:
+                        continue  # known started, or a caller took it meanwhile
+                    task.board = None
+                    if board.revoke(task.seq, task.task_id):
+                        taken.append(task)
+                    else:
+                        mark_started(task)  # the worker claimed it first: it runs there
+            for task in taken:
+                victim.assigned.remove(task)
+            if not taken:
+                continue
+            self.pending.requeue(taken)
+            limit = in_flight_limit(self._task_seconds)
+            for worker, batch in assignments(self.pending, [thief], limit, time.monotonic()):
+                self._send(worker, batch)
+
+    def _take_back_revoked(self) -> None:
+        """Settle the tasks callers took back from workers (see ``_revoked``)."""
+        requeue = []
+        while self._revoked:
+            task = self._revoked.popleft()
+            for worker in self._workers.values():
+                try:
+                    worker.assigned.remove(task)
+                except ValueError:
+                    continue
+                if not (task.future.cancelled() and not task.started):
+                    requeue.append(task)
+                break
+            if task.future.cancelled() and not task.started:
+                _notify_cancelled(task)
+        self.pending.requeue(requeue)
 
     def _send(self, worker: WorkerHandle, batch: list[TaskState]) -> None:
+        batch = self._post_claims(worker, batch)
+        if not batch:
+            return
         timed = batch[0]
         if timed.timeout is not None:  # alone in its batch (see take_batch): its clock starts now
             self._deadlines.add(timed, worker.pid)
@@ -392,6 +489,62 @@ class Dispatcher:
         assert writer is not None
         writer.queue_frame(parts)
         self._flush(worker)
+
+    def _post_claims(self, worker: WorkerHandle, batch: list[TaskState]) -> list[TaskState]:
+        """Write each task's claim word before its frame (see ``_slots.RunningSlot``).
+
+        The first task for an idle worker is bound to it (marked running already); the
+        others are pending. Under ``CLAIMS_LOCK``, so a caller's cancel() either comes first
+        (the task is dropped here) or finds the task posted and takes it back from the
+        worker; and a task of a higher priority queued meanwhile is never passed by one
+        posted here. Returns the tasks to send.
+        """
+        slot = worker.running
+        bound_first = not worker.assigned and batch[0].started
+        posted: list[TaskState] = []
+        outranked: list[TaskState] = []
+        with CLAIMS_LOCK:
+            top = self.pending.top_priority() if self._prioritized else None
+            for index, task in enumerate(batch):
+                if index == 0 and bound_first:
+                    slot.post(slot.sent, task.task_id, True)
+                    task.board = None
+                else:
+                    if not task.started and task.future.cancelled():
+                        _notify_cancelled(task)
+                        continue
+                    if top is not None and top > task.priority:
+                        outranked.append(task)
+                        continue
+                    slot.post(slot.sent, task.task_id, False)
+                    task.board = slot
+                    task.on_revoke = self._on_revoke
+                task.seq = slot.sent
+                slot.sent += 1
+                posted.append(task)
+        if outranked:
+            self.pending.requeue(outranked)
+        return posted
+
+    def _note_next_started(self, worker: WorkerHandle) -> None:
+        """After an answer: the worker's next task has started, or starts now.
+
+        The worker claims its next task before it writes an answer, so the claim word is
+        read without a lock in a stream of prefetched tasks. If the worker has not claimed
+        it (it reads it from the next frame), it is claimed for the worker, which is free:
+        its future is running from now on.
+        """
+        assigned = worker.assigned
+        if not assigned:
+            return
+        head = assigned[0]
+        board = head.board
+        if board is None:
+            return
+        if board.is_started(head.seq, head.task_id) or board.claim_for_worker(
+            head.seq, head.task_id
+        ):
+            mark_started(head)
 
     def _flush(self, worker: WorkerHandle) -> None:
         writer = worker.channel.writer
@@ -497,6 +650,7 @@ class Dispatcher:
                 # (it should not), the dispatcher's own failure path still settles it.
                 self._on_answer(worker, assigned[0], message)
                 assigned.popleft()
+                self._note_next_started(worker)
                 return
         if message.kind is MessageKind.READY:
             worker.ready = True
@@ -527,6 +681,7 @@ class Dispatcher:
             self._on_answer(worker, task, message)
         with contextlib.suppress(ValueError):
             worker.assigned.remove(task)
+        self._note_next_started(worker)
 
     def _on_answer(self, worker: WorkerHandle, task: TaskState, message: WorkerMessage) -> None:
         """A task's RESULT or ERROR: resolve its future."""
@@ -606,6 +761,11 @@ class Dispatcher:
 
     def _on_worker_exit(self, worker: WorkerHandle, mask: int) -> None:
         self._on_readable(worker, mask)  # results written before it died still count
+        if self._revoked:
+            self._take_back_revoked()
+        with CLAIMS_LOCK:
+            for task in worker.assigned:
+                task.board = None  # its slot is closed below; nobody may swap its words
         exitcode = reap(worker.process)
         crashed_id = worker.running.value
         if not crashed_id:
@@ -643,6 +803,8 @@ class Dispatcher:
             elif self.broken is not None or self._forced_by is not None:
                 fail(task, self._not_run_error())
             elif task.future.done():
+                if task.future.cancelled() and not task.started:
+                    _notify_cancelled(task)  # cancelled by a caller as the worker died
                 continue  # settled while it waited here (stopped, past its deadline): done
             elif unexplained and task.unstarted_deaths + 1 >= UNSTARTED_DEATH_LIMIT:
                 blamed += 1
@@ -655,7 +817,7 @@ class Dispatcher:
             else:
                 task.unstarted_deaths += unexplained
                 requeue.append(task)  # taken but not started: another worker runs it
-        self.pending.extendleft(reversed(requeue))
+        self.pending.requeue(requeue)
         if blamed or (requeue and died_on_its_own):
             logger.warning(
                 "poolkit worker %d %s%s; %d task(s) failed, %d requeued",
@@ -702,6 +864,7 @@ class Dispatcher:
             worker = WorkerHandle.start(
                 self._backend, self._config_blob, self._max_tasks_per_child, long_lived
             )
+        worker.running.release_worker_copy()  # the worker has its own copy now
         self._workers[worker.pid] = worker
         self._selector.register(
             worker.channel.outbox_fd, selectors.EVENT_READ, lambda m: self._on_readable(worker, m)
@@ -772,13 +935,8 @@ class Dispatcher:
 
     def _drop_cancelled(self) -> None:
         """Take the tasks cancelled while queued off the queue, in order."""
-        pending = self.pending
-        for _ in range(len(pending)):
-            task = pending.popleft()
-            if task.started or not task.future.cancelled():
-                pending.append(task)
-            else:
-                task.future.set_running_or_notify_cancel()  # wakes wait()/as_completed()
+        for task in self.pending.take_out(lambda t: not t.started and t.future.cancelled()):
+            _notify_cancelled(task)
 
     def _fail_pending(self) -> None:
         while True:
@@ -806,3 +964,12 @@ class Dispatcher:
                 except OSError:
                     pass
             self._wake_r = self._wake_w = -1
+
+
+def _notify_cancelled(task: TaskState) -> None:
+    """Tell the ``wait()``/``as_completed()`` waiters of a cancelled task; drop the task."""
+    task.settle()
+    try:
+        task.future.set_running_or_notify_cancel()
+    except RuntimeError:
+        pass  # told already (a cancelled task can be met twice as a worker dies)
