@@ -19,16 +19,22 @@ wakeup pipe with one ``selectors`` call. It assigns pending tasks to workers wit
 (several tasks travel in one frame when tasks are short), writes with non-blocking I/O so it
 never blocks on a full pipe, resolves futures from worker messages, and on a worker's death
 fails the one task that worker was running, requeues the tasks it held but had not started,
-and starts a replacement. Shutdown waits until every task is done, then closes the inboxes.
+and starts a replacement. Only the first task an idle worker gets is bound to it; the others
+stay *pending* there until the worker claims them, so the dispatcher can take them back for a
+worker that goes idle, for a higher priority or for ``cancel()``. Shutdown waits until every
+task is done, then closes the inboxes.
 
-**A worker** (``_worker``) reads a batch from its inbox, marks each task as running in a
-shared slot, runs it and writes the outcome to its outbox. The slot is what lets the
-dispatcher tell "died while running task 7" from "died with task 7 still waiting".
+**A worker** (``_worker``) reads a batch from its inbox, claims each task just before it runs
+it (a task taken back is dropped unread), marks it as running in a shared slot, runs it and
+writes the outcome to its outbox. The slot is what lets the dispatcher tell "died while
+running task 7" from "died with task 7 still waiting".
 
 The policies the loop applies live beside it: which worker gets which tasks
-(``_assignment``), stopping one task and time limits (``_halting``), the grace a stopping
-pool gives its workers (``_stopping``), a worker's handle and the startup failures that
-break a pool (``_workers``), and the errors futures get (``_errors``).
+(``_assignment``), the claims that let it take a prefetched task back (``_claims``; why a
+claim cannot race is in ``_slots``), the queue by priority (``_pending``), stopping one task
+and time limits (``_halting``), the grace a stopping pool gives its workers (``_stopping``),
+a worker's handle and the startup failures that break a pool (``_workers``), and the errors
+futures get (``_errors``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from typing import Any, Callable, Optional
 
 from ._assignment import assignments, in_flight_limit, steal_share
 from ._backends import Backend
+from ._claims import note_next_started, notify_cancelled, post_claims, take_back, take_back_below
 from ._errors import (
     BrokenProcessPool,
     TaskStopped,
@@ -72,7 +79,7 @@ from ._messages import (
 from ._oob import open_buffers
 from ._pending import PendingQueue
 from ._stopping import GraceClock
-from ._tasks import CLAIMS_LOCK, TaskState, fail, mark_started, rebuild_exception, resolve
+from ._tasks import CLAIMS_LOCK, TaskState, fail, rebuild_exception, resolve
 from ._thread_signals import leave_signals_to_other_threads, signal_mask
 from ._transport import register_parent_fd, unregister_parent_fd
 from ._worker import worker_main
@@ -192,19 +199,9 @@ class Dispatcher:
         before this one.
         """
         self._prioritized = True
-        revoked = []
         with CLAIMS_LOCK:
             self.pending.append(task)
-            for worker in list(self._workers.values()):
-                for held in list(worker.assigned):
-                    board = held.board
-                    if board is None or held.priority >= task.priority:
-                        continue
-                    held.board = None
-                    if board.revoke(held.seq, held.task_id):
-                        revoked.append(held)
-                    else:
-                        mark_started(held)
+            revoked = take_back_below(self._workers.values(), task.priority)
         self._revoked.extend(revoked)
         self.wake()
 
@@ -429,17 +426,7 @@ class Dispatcher:
             victim, wanted = steal_share(thief, self._workers.values())
             if victim is None:
                 return
-            taken = []
-            for task in wanted:
-                with CLAIMS_LOCK:
-                    board = task.board
-                    if board is None:
-                        continue  # known started, or a caller took it meanwhile
-                    task.board = None
-                    if board.revoke(task.seq, task.task_id):
-                        taken.append(task)
-                    else:
-                        mark_started(task)  # the worker claimed it first: it runs there
+            taken = take_back(wanted)
             for task in taken:
                 victim.assigned.remove(task)
             if not taken:
@@ -459,11 +446,13 @@ class Dispatcher:
                     worker.assigned.remove(task)
                 except ValueError:
                     continue
-                if not (task.future.cancelled() and not task.started):
+                # Only where it is found: a task not in a worker's list any more was
+                # requeued or settled (and its waiters told) by a worker's death.
+                if task.future.cancelled() and not task.started:
+                    notify_cancelled(task)
+                else:
                     requeue.append(task)
                 break
-            if task.future.cancelled() and not task.started:
-                _notify_cancelled(task)
         self.pending.requeue(requeue)
 
     def _send(self, worker: WorkerHandle, batch: list[TaskState]) -> None:
@@ -491,60 +480,13 @@ class Dispatcher:
         self._flush(worker)
 
     def _post_claims(self, worker: WorkerHandle, batch: list[TaskState]) -> list[TaskState]:
-        """Write each task's claim word before its frame (see ``_slots.RunningSlot``).
-
-        The first task for an idle worker is bound to it (marked running already); the
-        others are pending. Under ``CLAIMS_LOCK``, so a caller's cancel() either comes first
-        (the task is dropped here) or finds the task posted and takes it back from the
-        worker; and a task of a higher priority queued meanwhile is never passed by one
-        posted here. Returns the tasks to send.
-        """
-        slot = worker.running
-        bound_first = not worker.assigned and batch[0].started
-        posted: list[TaskState] = []
-        outranked: list[TaskState] = []
-        with CLAIMS_LOCK:
+        """Post the batch's claim words (``_claims.post_claims``); the tasks to send."""
+        with CLAIMS_LOCK:  # the top priority and the posting, in one step
             top = self.pending.top_priority() if self._prioritized else None
-            for index, task in enumerate(batch):
-                if index == 0 and bound_first:
-                    slot.post(slot.sent, task.task_id, True)
-                    task.board = None
-                else:
-                    if not task.started and task.future.cancelled():
-                        _notify_cancelled(task)
-                        continue
-                    if top is not None and top > task.priority:
-                        outranked.append(task)
-                        continue
-                    slot.post(slot.sent, task.task_id, False)
-                    task.board = slot
-                    task.on_revoke = self._on_revoke
-                task.seq = slot.sent
-                slot.sent += 1
-                posted.append(task)
+            posted, outranked = post_claims(worker, batch, top, self._on_revoke)
         if outranked:
             self.pending.requeue(outranked)
         return posted
-
-    def _note_next_started(self, worker: WorkerHandle) -> None:
-        """After an answer: the worker's next task has started, or starts now.
-
-        The worker claims its next task before it writes an answer, so the claim word is
-        read without a lock in a stream of prefetched tasks. If the worker has not claimed
-        it (it reads it from the next frame), it is claimed for the worker, which is free:
-        its future is running from now on.
-        """
-        assigned = worker.assigned
-        if not assigned:
-            return
-        head = assigned[0]
-        board = head.board
-        if board is None:
-            return
-        if board.is_started(head.seq, head.task_id) or board.claim_for_worker(
-            head.seq, head.task_id
-        ):
-            mark_started(head)
 
     def _flush(self, worker: WorkerHandle) -> None:
         writer = worker.channel.writer
@@ -650,7 +592,7 @@ class Dispatcher:
                 # (it should not), the dispatcher's own failure path still settles it.
                 self._on_answer(worker, assigned[0], message)
                 assigned.popleft()
-                self._note_next_started(worker)
+                note_next_started(worker)
                 return
         if message.kind is MessageKind.READY:
             worker.ready = True
@@ -681,7 +623,7 @@ class Dispatcher:
             self._on_answer(worker, task, message)
         with contextlib.suppress(ValueError):
             worker.assigned.remove(task)
-        self._note_next_started(worker)
+        note_next_started(worker)
 
     def _on_answer(self, worker: WorkerHandle, task: TaskState, message: WorkerMessage) -> None:
         """A task's RESULT or ERROR: resolve its future."""
@@ -804,7 +746,7 @@ class Dispatcher:
                 fail(task, self._not_run_error())
             elif task.future.done():
                 if task.future.cancelled() and not task.started:
-                    _notify_cancelled(task)  # cancelled by a caller as the worker died
+                    notify_cancelled(task)  # cancelled by a caller as the worker died
                 continue  # settled while it waited here (stopped, past its deadline): done
             elif unexplained and task.unstarted_deaths + 1 >= UNSTARTED_DEATH_LIMIT:
                 blamed += 1
@@ -936,7 +878,7 @@ class Dispatcher:
     def _drop_cancelled(self) -> None:
         """Take the tasks cancelled while queued off the queue, in order."""
         for task in self.pending.take_out(lambda t: not t.started and t.future.cancelled()):
-            _notify_cancelled(task)
+            notify_cancelled(task)
 
     def _fail_pending(self) -> None:
         while True:
@@ -964,12 +906,3 @@ class Dispatcher:
                 except OSError:
                     pass
             self._wake_r = self._wake_w = -1
-
-
-def _notify_cancelled(task: TaskState) -> None:
-    """Tell the ``wait()``/``as_completed()`` waiters of a cancelled task; drop the task."""
-    task.settle()
-    try:
-        task.future.set_running_or_notify_cancel()
-    except RuntimeError:
-        pass  # told already (a cancelled task can be met twice as a worker dies)

@@ -159,3 +159,27 @@ def test_no_task_runs_twice_with_deaths_stops_and_cancels(
             assert future.cancelled() and starts[f"t{i}"] == 0
         elif not future.cancelled() and future.exception() is None:
             assert starts[f"t{i}"] == 1  # a result means it ran, once
+
+
+def test_pending_queue_orders_by_priority_then_submission() -> None:
+    from concurrent.futures import Future
+
+    from poolkit._pending import PendingQueue
+    from poolkit._tasks import TaskState
+
+    def task(task_id: int, priority: int = 0) -> TaskState:
+        made = TaskState(task_id, Future(), (), "f")
+        made.priority = priority
+        return made
+
+    queue = PendingQueue()
+    for made in (task(1), task(2, 3), task(3), task(4, -1), task(5, 3)):
+        queue.append(made)
+    assert queue.top_priority() == 3 and len(queue) == 5
+    first = queue.popleft()
+    assert first.task_id == 2
+    queue.requeue([task(0), first])  # taken back: to the front of each priority, by id
+    assert [t.task_id for t in queue] == [2, 5, 0, 1, 3, 4]
+    assert [t.task_id for t in queue.take_out(lambda t: t.task_id % 2 == 1)] == [5, 1, 3]
+    assert [queue.popleft().task_id for _ in range(len(queue))] == [2, 0, 4]
+    assert not queue and queue.top_priority() is None
