@@ -422,8 +422,13 @@ class Dispatcher:
 
     def _steal_for_idle(self) -> None:
         """No task waits in one worker while another is idle: take it back, send it over."""
-        for thief in [w for w in self._workers.values() if w.accepting and not w.assigned]:
-            victim, wanted = steal_share(thief, self._workers.values())
+        workers = self._workers.values()
+        # Only a task behind another can wait (a worker's first task is started, or is
+        # claimed for it as soon as it is free): most loops end here.
+        if not any(len(w.assigned) > 1 for w in workers):
+            return
+        for thief in [w for w in workers if w.accepting and not w.assigned]:
+            victim, wanted = steal_share(thief, self._workers.values(), time.monotonic())
             if victim is None:
                 return
             taken = take_back(wanted)
@@ -481,6 +486,15 @@ class Dispatcher:
 
     def _post_claims(self, worker: WorkerHandle, batch: list[TaskState]) -> list[TaskState]:
         """Post the batch's claim words (``_claims.post_claims``); the tasks to send."""
+        if len(batch) == 1 and batch[0].started and not worker.assigned:
+            # One task for an idle worker, marked running already: bound, nothing to take
+            # back, no lock (a running future's cancel() is False whoever asks).
+            slot, task = worker.running, batch[0]
+            slot.post(slot.sent, task.task_id, True)
+            task.board = None
+            task.seq = slot.sent
+            slot.sent += 1
+            return batch
         with CLAIMS_LOCK:  # the top priority and the posting, in one step
             top = self.pending.top_priority() if self._prioritized else None
             posted, outranked = post_claims(worker, batch, top, self._on_revoke)
