@@ -80,6 +80,7 @@ def test_a_prefetched_task_is_not_running_and_can_be_cancelled(
         )
         gate.wait_started()
         prefetched = _prefetched(ex)
+        assert blocker.running()  # bound to the idle worker, and started
         assert not any(f.running() for f in waiting)
         if how == "cancel":
             assert all(f.cancel() for f in waiting)
