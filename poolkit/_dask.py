@@ -446,7 +446,10 @@ class _Session:
         header, fn_blob, args_blob = task.parts
         task.parts = ()  # dask holds the envelope now; it is never resent from here
         key = f"{_key_prefix(task.fn_name)}-{uuid.uuid4().hex}"
-        dask_future = self.client.submit(run_task, header, fn_blob, args_blob, key=key, pure=False)
+        # dask has priorities of its own, with the same meaning: higher runs first.
+        dask_future = self.client.submit(
+            run_task, header, fn_blob, args_blob, key=key, pure=False, priority=task.priority
+        )
         with self.lock:
             self.tasks[key] = (task, dask_future)
         dask_future.add_done_callback(self.inbox.put)

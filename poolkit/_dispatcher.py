@@ -19,16 +19,22 @@ wakeup pipe with one ``selectors`` call. It assigns pending tasks to workers wit
 (several tasks travel in one frame when tasks are short), writes with non-blocking I/O so it
 never blocks on a full pipe, resolves futures from worker messages, and on a worker's death
 fails the one task that worker was running, requeues the tasks it held but had not started,
-and starts a replacement. Shutdown waits until every task is done, then closes the inboxes.
+and starts a replacement. Only the first task an idle worker gets is bound to it; the others
+stay *pending* there until the worker claims them, so the dispatcher can take them back for a
+worker that goes idle, for a higher priority or for ``cancel()``. Shutdown waits until every
+task is done, then closes the inboxes.
 
-**A worker** (``_worker``) reads a batch from its inbox, marks each task as running in a
-shared slot, runs it and writes the outcome to its outbox. The slot is what lets the
-dispatcher tell "died while running task 7" from "died with task 7 still waiting".
+**A worker** (``_worker``) reads a batch from its inbox, claims each task just before it runs
+it (a task taken back is dropped unread), marks it as running in a shared slot, runs it and
+writes the outcome to its outbox. The slot is what lets the dispatcher tell "died while
+running task 7" from "died with task 7 still waiting".
 
 The policies the loop applies live beside it: which worker gets which tasks
-(``_assignment``), stopping one task and time limits (``_halting``), the grace a stopping
-pool gives its workers (``_stopping``), a worker's handle and the startup failures that
-break a pool (``_workers``), and the errors futures get (``_errors``).
+(``_assignment``), the claims that let it take a prefetched task back (``_claims``; why a
+claim cannot race is in ``_slots``), the queue by priority (``_pending``), stopping one task
+and time limits (``_halting``), the grace a stopping pool gives its workers (``_stopping``),
+a worker's handle and the startup failures that break a pool (``_workers``), and the errors
+futures get (``_errors``).
 """
 
 from __future__ import annotations
@@ -47,8 +53,9 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
-from ._assignment import assignments, in_flight_limit
+from ._assignment import assignments, in_flight_limit, steal_share
 from ._backends import Backend
+from ._claims import note_next_started, notify_cancelled, post_claims, take_back, take_back_below
 from ._errors import (
     BrokenProcessPool,
     TaskStopped,
@@ -71,8 +78,9 @@ from ._messages import (
     decode_message,
 )
 from ._oob import open_buffers
+from ._pending import PendingQueue
 from ._stopping import GraceClock
-from ._tasks import TaskState, fail, rebuild_exception, resolve
+from ._tasks import CLAIMS_LOCK, TaskState, fail, rebuild_exception, resolve
 from ._thread_signals import leave_signals_to_other_threads, signal_mask
 from ._transport import register_parent_fd, unregister_parent_fd
 from ._worker import worker_main
@@ -102,7 +110,13 @@ class Dispatcher:
         self._config_blob = config_blob
         self._max_tasks_per_child = max_tasks_per_child
         #: Tasks not yet assigned. Callers append; the dispatcher pops and may requeue left.
-        self.pending: collections.deque[TaskState] = collections.deque()
+        self.pending = PendingQueue()
+        #: Tasks a caller took back from a worker (cancel(), a higher priority): the
+        #: dispatcher drops them from that worker's list, and requeues those not cancelled.
+        self._revoked: collections.deque[TaskState] = collections.deque()
+        self._on_revoke = self._revoked_by_caller  # bound once, handed to every posted task
+        #: A task with a priority was submitted: submits then keep the priority rule.
+        self._prioritized = False
         self._workers: dict[int, WorkerHandle] = {}
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
@@ -164,6 +178,9 @@ class Dispatcher:
 
     def submit(self, task: TaskState) -> None:
         """Queue a task (any thread)."""
+        if task.priority or self._prioritized:
+            self._submit_prioritized(task)
+            return
         pending = self.pending
         if pending or not self._send_direct(task):
             pending.append(task)
@@ -173,6 +190,26 @@ class Dispatcher:
                 # interval). Hand it over now, so the workers are fed while we submit.
                 time.sleep(0)
             self.wake()
+
+    def _submit_prioritized(self, task: TaskState) -> None:
+        """Queue a task, taking back every prefetched task of a lower priority (any thread).
+
+        Under ``CLAIMS_LOCK``, as the dispatcher posts prefetched tasks: either a lower one
+        is posted first and taken back here, or the dispatcher sees this task queued and
+        does not post it. Once this returns, no lower task that has not started can start
+        before this one.
+        """
+        self._prioritized = True
+        with CLAIMS_LOCK:
+            self.pending.append(task)
+            revoked = take_back_below(self._workers.values(), task.priority)
+        self._revoked.extend(revoked)
+        self.wake()
+
+    def _revoked_by_caller(self, task: TaskState) -> None:
+        """A caller's cancel() took ``task`` back from its worker (any thread)."""
+        self._revoked.append(task)
+        self.wake()
 
     def _send_direct(self, task: TaskState) -> bool:
         """From the caller's thread: write ``task`` to an idle worker now, if there is one.
@@ -243,6 +280,11 @@ class Dispatcher:
         for task in list(self.pending):  # a snapshot: the dispatcher pops meanwhile
             if not task.started:
                 task.future.cancel()
+        # Prefetched but not started: cancel() takes them back from their workers.
+        for worker in list(self._workers.values()):
+            for task in list(worker.assigned):
+                if task.board is not None and not task.started:
+                    task.future.cancel()
         self._cancelled_waiting = True
         self.wake()
 
@@ -349,6 +391,8 @@ class Dispatcher:
             )
             self._signal_all(signum)
             self._force_done.set()
+        if self._revoked:
+            self._take_back_revoked()
         while self._stop_requests:
             self._stop(self._stop_requests.popleft())
         if self._cancelled_waiting:
@@ -365,15 +409,62 @@ class Dispatcher:
     # -------------------------------------------------------------- assignment
 
     def _assign(self) -> None:
-        """Give pending tasks to workers with room (see ``_assignment``)."""
-        if not self.pending or self._stopping:
+        """Give pending tasks to workers with room (see ``_assignment``); then let each idle
+        worker take back tasks that wait, unstarted, in another worker."""
+        if self._stopping:
             return
-        candidates = [w for w in self._workers.values() if w.accepting]
-        limit = in_flight_limit(self._task_seconds)
-        for worker, batch in assignments(self.pending, candidates, limit, time.monotonic()):
-            self._send(worker, batch)
+        if self.pending:
+            candidates = [w for w in self._workers.values() if w.accepting]
+            limit = in_flight_limit(self._task_seconds)
+            for worker, batch in assignments(self.pending, candidates, limit, time.monotonic()):
+                self._send(worker, batch)
+        if not self.pending:
+            self._steal_for_idle()
+
+    def _steal_for_idle(self) -> None:
+        """No task waits in one worker while another is idle: take it back, send it over."""
+        workers = self._workers.values()
+        # Only a task behind another can wait (a worker's first task is started, or is
+        # claimed for it as soon as it is free): most loops end here.
+        if not any(len(w.assigned) > 1 for w in workers):
+            return
+        for thief in [w for w in workers if w.accepting and not w.assigned]:
+            victim, wanted = steal_share(thief, self._workers.values(), time.monotonic())
+            if victim is None:
+                return
+            taken = take_back(wanted)
+            for task in taken:
+                victim.assigned.remove(task)
+            if not taken:
+                continue
+            self.pending.requeue(taken)
+            limit = in_flight_limit(self._task_seconds)
+            for worker, batch in assignments(self.pending, [thief], limit, time.monotonic()):
+                self._send(worker, batch)
+
+    def _take_back_revoked(self) -> None:
+        """Settle the tasks callers took back from workers (see ``_revoked``)."""
+        requeue = []
+        while self._revoked:
+            task = self._revoked.popleft()
+            for worker in self._workers.values():
+                try:
+                    worker.assigned.remove(task)
+                except ValueError:
+                    continue
+                # Only where it is found: a task not in a worker's list any more was
+                # requeued or settled (and its waiters told) by a worker's death.
+                if task.future.cancelled() and not task.started:
+                    notify_cancelled(task)
+                else:
+                    requeue.append(task)
+                break
+        self.pending.requeue(requeue)
 
     def _send(self, worker: WorkerHandle, batch: list[TaskState]) -> None:
+        batch = self._post_claims(worker, batch)
+        if not batch:
+            return
         timed = batch[0]
         if timed.timeout is not None:  # alone in its batch (see take_batch): its clock starts now
             self._deadlines.add(timed, worker.pid)
@@ -393,6 +484,24 @@ class Dispatcher:
         assert writer is not None
         writer.queue_frame(parts)
         self._flush(worker)
+
+    def _post_claims(self, worker: WorkerHandle, batch: list[TaskState]) -> list[TaskState]:
+        """Post the batch's claim words (``_claims.post_claims``); the tasks to send."""
+        if len(batch) == 1 and batch[0].started and not worker.assigned:
+            # One task for an idle worker, marked running already: bound, nothing to take
+            # back, no lock (a running future's cancel() is False whoever asks).
+            slot, task = worker.running, batch[0]
+            slot.post(slot.sent, task.task_id, True)
+            task.board = None
+            task.seq = slot.sent
+            slot.sent += 1
+            return batch
+        with CLAIMS_LOCK:  # the top priority and the posting, in one step
+            top = self.pending.top_priority() if self._prioritized else None
+            posted, outranked = post_claims(worker, batch, top, self._on_revoke)
+        if outranked:
+            self.pending.requeue(outranked)
+        return posted
 
     def _flush(self, worker: WorkerHandle) -> None:
         writer = worker.channel.writer
@@ -498,6 +607,7 @@ class Dispatcher:
                 # (it should not), the dispatcher's own failure path still settles it.
                 self._on_answer(worker, assigned[0], message)
                 assigned.popleft()
+                note_next_started(worker)
                 return
         if message.kind is MessageKind.READY:
             worker.ready = True
@@ -528,6 +638,7 @@ class Dispatcher:
             self._on_answer(worker, task, message)
         with contextlib.suppress(ValueError):
             worker.assigned.remove(task)
+        note_next_started(worker)
 
     def _on_answer(self, worker: WorkerHandle, task: TaskState, message: WorkerMessage) -> None:
         """A task's RESULT or ERROR: resolve its future."""
@@ -607,6 +718,11 @@ class Dispatcher:
 
     def _on_worker_exit(self, worker: WorkerHandle, mask: int) -> None:
         self._on_readable(worker, mask)  # results written before it died still count
+        if self._revoked:
+            self._take_back_revoked()
+        with CLAIMS_LOCK:
+            for task in worker.assigned:
+                task.board = None  # its slot is closed below; nobody may swap its words
         exitcode = reap(worker.process)
         crashed_id = worker.running.value
         if not crashed_id:
@@ -654,6 +770,8 @@ class Dispatcher:
             elif self.broken is not None or self._forced_by is not None:
                 fail(task, self._not_run_error())
             elif task.future.done():
+                if task.future.cancelled() and not task.started:
+                    notify_cancelled(task)  # cancelled by a caller as the worker died
                 continue  # settled while it waited here (stopped, past its deadline): done
             elif unexplained and task.unstarted_deaths + 1 >= UNSTARTED_DEATH_LIMIT:
                 blamed += 1
@@ -666,7 +784,7 @@ class Dispatcher:
             else:
                 task.unstarted_deaths += unexplained
                 requeue.append(task)  # taken but not started: another worker runs it
-        self.pending.extendleft(reversed(requeue))
+        self.pending.requeue(requeue)
         if blamed or (requeue and died_on_its_own):
             logger.warning(
                 "poolkit worker %d %s%s; %d task(s) failed, %d requeued",
@@ -727,6 +845,7 @@ class Dispatcher:
             worker = WorkerHandle.start(
                 self._backend, self._config_blob, self._max_tasks_per_child, long_lived
             )
+        worker.running.release_worker_copy()  # the worker has its own copy now
         self._workers[worker.pid] = worker
         self._selector.register(
             worker.channel.outbox_fd, selectors.EVENT_READ, lambda m: self._on_readable(worker, m)
@@ -797,13 +916,8 @@ class Dispatcher:
 
     def _drop_cancelled(self) -> None:
         """Take the tasks cancelled while queued off the queue, in order."""
-        pending = self.pending
-        for _ in range(len(pending)):
-            task = pending.popleft()
-            if task.started or not task.future.cancelled():
-                pending.append(task)
-            else:
-                task.future.set_running_or_notify_cancel()  # wakes wait()/as_completed()
+        for task in self.pending.take_out(lambda t: not t.started and t.future.cancelled()):
+            notify_cancelled(task)
 
     def _fail_pending(self) -> None:
         while True:

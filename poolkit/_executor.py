@@ -17,7 +17,7 @@ from . import _initargs as initargs_pickling
 from ._dispatcher import Dispatcher
 from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
 from ._oob import AVAILABLE as oob_available
-from ._options import UNSET, TaskOptions, check_bytes, check_seconds
+from ._options import UNSET, TaskOptions, check_bytes, check_priority, check_seconds
 from ._tasks import TaskState, abandon_futures
 from ._worker import WorkerConfig
 
@@ -241,19 +241,23 @@ class Executor(TaskFrontend):
         """
         return self._submit(fn, args, kwargs, timeout=UNSET)
 
-    def with_options(self, *, timeout: Optional[float] = UNSET) -> TaskOptions:
+    def with_options(self, *, timeout: Optional[float] = UNSET, priority: int = 0) -> TaskOptions:
         """Options for the tasks submitted through the returned object.
 
         ``ex.with_options(timeout=2).submit(fn, x)`` runs ``fn(x)`` with a 2-second limit
-        (``timeout=None``: no limit, whatever the executor's ``task_timeout``). The options
-        never take keyword names from ``fn``.
+        (``timeout=None``: no limit, whatever the executor's ``task_timeout``).
+        ``ex.with_options(priority=5).submit(fn, x)`` starts ``fn(x)`` before every task of
+        a lower priority that has not started, prefetched ones included; equal priorities
+        start in the order they were submitted (the default priority is 0; negative ones
+        are allowed). The options never take keyword names from ``fn``.
 
         Raises:
-            TypeError, ValueError: ``timeout`` is not None or a positive number.
+            TypeError, ValueError: ``timeout`` is not None or a positive number, or
+                ``priority`` is not an int.
         """
         if timeout is not UNSET:
             timeout = check_seconds("timeout", timeout)
-        return TaskOptions(self, timeout)
+        return TaskOptions(self, timeout, check_priority(priority))
 
     def _submit(
         self,
@@ -262,10 +266,12 @@ class Executor(TaskFrontend):
         kwargs: dict[str, Any],
         *,
         timeout: Optional[float],
+        priority: int = 0,
     ) -> Future[T]:
         future, task = self._call_task(fn, args, kwargs)
         if task is not None:
             task.timeout = self._task_timeout if timeout is UNSET else timeout
+            task.priority = priority
             self._enqueue(task, defaults=False)
         return future
 

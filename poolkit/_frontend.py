@@ -197,6 +197,7 @@ class TaskFrontend(futures.Executor):
         buffersize: BuffersizeArg = DEFAULT,
         ordered: bool = True,
         progress: ProgressArg = None,
+        priority: int = 0,
     ) -> Iterator[T]:
         """Like the built-in ``map(fn, *iterables)``, run in the workers (see docs/map.md).
 
@@ -218,11 +219,14 @@ class TaskFrontend(futures.Executor):
             progress: ``True`` for a tqdm progress bar (``pip install poolkit[progress]``),
                 or a callable, called in the caller's thread with the number of items newly
                 done (``progress=bar.update`` works). Counts items, not chunks.
+            priority: of every chunk, as ``with_options(priority=...)`` gives a task:
+                higher starts first, equal in order (default 0).
 
         Raises:
             TypeError: ``fn`` is not callable; ``chunksize``, ``buffersize`` or ``progress``
                 has the wrong type.
             ValueError: ``chunksize`` < 1 or ``buffersize`` < 1.
+            TypeError: ``priority`` is not an int.
             ImportError: ``progress=True`` and tqdm is not installed.
             RuntimeError, BrokenProcessPool: the executor is shut down or broken.
             TimeoutError: (while iterating) the deadline passed.
@@ -243,6 +247,7 @@ class TaskFrontend(futures.Executor):
             ordered=ordered,
             progress=progress,
             star=not single,
+            priority=priority,
         )
 
     def starmap(
@@ -255,6 +260,7 @@ class TaskFrontend(futures.Executor):
         buffersize: BuffersizeArg = DEFAULT,
         ordered: bool = True,
         progress: ProgressArg = None,
+        priority: int = 0,
     ) -> Iterator[T]:
         """Like ``itertools.starmap(fn, iterable)``: each item is a tuple of arguments.
 
@@ -274,4 +280,5 @@ class TaskFrontend(futures.Executor):
             buffersize=buffersize,
             ordered=ordered,
             progress=progress,
+            priority=priority,
         )

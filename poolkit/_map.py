@@ -45,6 +45,7 @@ from ._chunking import AutoChunks, ChunkSizer, FixedChunks
 from ._errors import BrokenProcessPool
 from ._messages import ChunkOutcome, MessageKind, TaskKind, WorkerMessage, encode_task
 from ._oob import HeldBuffers
+from ._options import check_priority
 from ._tasks import TaskState, rebuild_exception
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ def start_map(
     ordered: bool,
     progress: ProgressArg,
     star: bool = True,
+    priority: int = 0,
 ) -> Iterator[Any]:
     """Validate, submit the first chunks, and return the results iterator (see map).
 
@@ -124,6 +126,7 @@ def start_map(
             raise ValueError("buffersize must be None or > 0")
     if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise TypeError(f"progress must be a bool or a callable, got {type(progress).__name__}")
+    check_priority(priority)
     make_bar = _tqdm_factory() if progress is True else None
     executor._check_open()
     end_time = None if timeout is None else time.monotonic() + timeout
@@ -158,6 +161,7 @@ def start_map(
         sizer = FixedChunks(chunksize)
 
     run = _MapRun(executor, fn, items, total, sizer, buffersize, ordered, end_time, star)
+    run.submit.priority = priority
     run.finish_at_shutdown = finish_at_shutdown
     run.fill()
     if run.stop_error is not None:  # shut down or broken during the call
@@ -178,12 +182,25 @@ class _Chunk(ChunkFuture):
     The chunk is its own task's future (see ``_chunk_future``): one object per chunk.
     """
 
-    __slots__ = ("count", "start")
+    __slots__ = ("count", "start", "task")
 
     def __init__(self, lock: threading.Lock, start: int, count: int) -> None:
         super().__init__(lock)
         self.start = start
         self.count = count
+        #: Its task while the chunk is unresolved: cancel() must take it back from a worker
+        #: that holds it prefetched (see TaskState.cancel).
+        self.task: Optional[TaskState] = None
+
+    def cancel(self) -> bool:
+        """Cancel the chunk unless it started; a prefetched chunk is taken back first."""
+        task = self.task
+        if task is None:
+            return ChunkFuture.cancel(self)
+        return task.cancel()
+
+    #: The cancel of a chunk no worker holds (TaskState.cancel ends with it).
+    plain_cancel = ChunkFuture.cancel
 
 
 class _ChunkSubmitter:
@@ -197,6 +214,7 @@ class _ChunkSubmitter:
         self.fn_name = serialization.callable_name(fn)
         self._fn_blob: Optional[bytes] = None
         self._fn_error: Optional[BaseException] = None
+        self.priority = 0  # of every chunk (map's priority=)
         try:
             self._fn_blob = executor._function_blob(fn)
         except (Exception, SystemExit) as exc:
@@ -240,6 +258,8 @@ class _ChunkSubmitter:
         parts = encode_task(task_id, self._kind, self._fn_blob, args_blob, buffers)
         # Per-task time limits are per item: a chunk of n items may run n times as long.
         task = TaskState(task_id, entry, parts, self.fn_name, items=count, held=held)
+        task.priority = self.priority
+        entry.task = task
         executor._enqueue(task)
         return entry
 

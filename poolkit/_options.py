@@ -35,6 +35,13 @@ def check_seconds(name: str, value: Optional[float]) -> Optional[float]:
     return float(value)
 
 
+def check_priority(value: int) -> int:
+    """Validate a priority: any int (higher runs first)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"priority must be an int, got {type(value).__name__}")
+    return value
+
+
 def check_bytes(name: str, value: Optional[int]) -> Optional[int]:
     """Validate a size option: None, or a positive whole number of bytes."""
     if value is None:
@@ -51,13 +58,19 @@ def check_bytes(name: str, value: Optional[int]) -> Optional[int]:
 class TaskOptions:
     """Submits tasks to an executor with options of their own; see ``Executor.with_options``."""
 
-    def __init__(self, executor: Executor, timeout: Optional[float]) -> None:
+    def __init__(self, executor: Executor, timeout: Optional[float], priority: int = 0) -> None:
         self._executor = executor
         self._timeout = timeout
+        self._priority = priority
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Like ``Executor.submit``, with these options."""
-        return self._executor._submit(fn, args, kwargs, timeout=self._timeout)
+        return self._executor._submit(
+            fn, args, kwargs, timeout=self._timeout, priority=self._priority
+        )
 
     def __repr__(self) -> str:
-        return f"<poolkit task options timeout={self._timeout!r} for {self._executor!r}>"
+        return (
+            f"<poolkit task options timeout={self._timeout!r} priority={self._priority!r} "
+            f"for {self._executor!r}>"
+        )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from . import _completion as completion
 from . import _serialization as serialization
@@ -12,7 +13,15 @@ from ._errors import DeserializationError, RemoteTraceback, safe_str, set_cause
 from ._messages import MessageKind, WorkerMessage
 from ._oob import HeldBuffers
 
+if TYPE_CHECKING:
+    from ._slots import RunningSlot
+
 logger = logging.getLogger(__name__)
+
+#: Held (briefly) by whoever changes where a prefetched task stands: the dispatcher posting
+#: it to a worker, learning it started, or taking it back; a caller cancelling it. One lock
+#: for the process: the operations are a few assignments and a claim-word swap.
+CLAIMS_LOCK = threading.RLock()
 
 
 class TaskFuture(Protocol):
@@ -32,12 +41,16 @@ class TaskState:
     """The parent's record of one submitted task, until its future is resolved."""
 
     __slots__ = (
+        "board",
         "fn_name",
         "future",
         "halt_error",
         "held",
         "items",
+        "on_revoke",
         "parts",
+        "priority",
+        "seq",
         "started",
         "task_id",
         "timeout",
@@ -69,10 +82,47 @@ class TaskState:
         self.held = held
         #: Workers that died for no task's fault while holding this one, before it started.
         self.unstarted_deaths = 0
+        #: Higher runs first; equal priorities run in the order they were submitted.
+        self.priority = 0
+        #: The slot of the worker holding it *pending* (prefetched, may still be taken back),
+        #: and its place there (``seq``); None once it is known started, or taken back.
+        self.board: Optional[RunningSlot] = None
+        self.seq = 0
+        #: Told (by a caller that cancelled it) that the task was taken back from its worker.
+        self.on_revoke: Optional[Callable[[TaskState], None]] = None
+        if type(future) is Future:
+            # Its cancel() must take the task back from a worker that holds it pending, in the
+            # same step (see cancel). An instance attribute: the future stays a plain Future.
+            future.cancel = self.cancel  # type: ignore[method-assign]
+
+    def cancel(self) -> bool:
+        """The future's ``cancel()``: True if the task will never run.
+
+        A task prefetched by a worker but not started is taken back from it first (its
+        claim word, see ``_slots.RunningSlot``); if the worker claimed it already, it is
+        running: the future is marked so and the answer is False, as for any running task.
+        """
+        future = self.future
+        with CLAIMS_LOCK:
+            board = self.board
+            if board is not None:
+                self.board = None
+                if not board.revoke(self.seq, self.task_id):
+                    mark_started(self)
+                    return False
+                revoked = True
+            else:
+                revoked = False
+        # Outside the lock: cancel() runs the future's done-callbacks (user code).
+        cancelled = _plain_cancel(future)
+        if revoked and self.on_revoke is not None:
+            self.on_revoke(self)  # the dispatcher drops it, or requeues it if not cancelled
+        return cancelled
 
     def settle(self) -> None:
         """Drop what was kept to resend the task: it will not be sent again."""
         self.parts = ()
+        self.board = None
         held = self.held
         if held is not None:
             self.held = None
@@ -106,6 +156,7 @@ def resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:
             completion.set_result(future, value)
         except BaseException:  # InvalidStateError: already resolved
             logger.debug("future of task %d was already resolved", task.task_id)
+        _unhook(future)
         return
     _set(task, lambda f: f.set_result(value))
 
@@ -129,6 +180,28 @@ def rebuild_exception(message: WorkerMessage, what: str) -> BaseException:
         )
     set_cause(exc, remote)
     return exc
+
+
+def _plain_cancel(future: TaskFuture) -> bool:
+    if type(future) is Future:
+        return Future.cancel(future)
+    base = getattr(type(future), "plain_cancel", None)
+    return bool(base(future)) if base is not None else future.cancel()
+
+
+def mark_started(task: TaskState) -> bool:
+    """Mark the task's future running (its worker started it); False if it was cancelled.
+
+    Under ``CLAIMS_LOCK``: the dispatcher and a cancelling caller may both get here.
+    """
+    with CLAIMS_LOCK:
+        task.board = None
+        if task.started:
+            return True
+        if not task.future.set_running_or_notify_cancel():
+            return False
+        task.started = True
+        return True
 
 
 def fail(task: TaskState, error: BaseException) -> None:
@@ -157,13 +230,27 @@ def _set(task: TaskState, action: Callable[[TaskFuture], None]) -> None:
         return
     future = task.future
     try:
-        if not task.started and not future.set_running_or_notify_cancel():
+        if not task.started and not mark_started(task):
             return  # cancelled while pending
-        task.started = True
         if type(future) is Future:
             # Its done-callbacks are user code: they run on a callback thread.
             completion.settle_with(future, action)
+            _unhook(future)
         else:
             action(future)
+            _unhook(future)
     except BaseException:  # InvalidStateError (already resolved), or a bug: never stop the loop
         logger.debug("future of task %d was already resolved", task.task_id, exc_info=True)
+
+
+def _unhook(future: Any) -> None:
+    # A done future's cancel() is the stdlib's (False): dropping the task's bound method
+    # (a map chunk's task) breaks the future -> task -> future cycle, so both go by
+    # reference counting.
+    if type(future) is Future:
+        try:
+            del future.cancel
+        except AttributeError:
+            pass
+    elif hasattr(future, "task"):
+        future.task = None

@@ -159,6 +159,7 @@ def _serve(
 ) -> None:
     functions: dict[bytes, Callable[..., Any]] = {}
     frames = BlockingFrameSource(inbox.fileno(), SpinWait(inbox.fileno()))
+    received_count = 0  # tasks received so far: a task's place in the claim ring
     while True:
         try:
             frame = frames.next_frame()
@@ -173,7 +174,12 @@ def _serve(
             None if record.buffers is None else _oob.Received(record.buffers, side)
             for record in records
         ]
-        for record, files in zip(records, received):
+        first_seq = received_count
+        received_count += len(records)
+        claimed = _claim_from(running, records, received, first_seq, 0)
+        for index, (record, files) in enumerate(zip(records, received)):
+            if index < claimed:
+                continue  # taken back by the parent (files closed by _claim_from)
             with state.lock:
                 if state.parent_gone:
                     return
@@ -185,9 +191,10 @@ def _serve(
             if running.should_skip(record.task_id):
                 state.busy = False
                 running.value = 0
-                send(encode_message(MessageKind.SKIPPED, record.task_id, b""))
                 if files is not None:
                     files.close()
+                claimed = _claim_from(running, records, received, first_seq, index + 1)
+                send(encode_message(MessageKind.SKIPPED, record.task_id, b""))
                 continue
             try:
                 reply = _run(record, files, functions, side)
@@ -200,6 +207,9 @@ def _serve(
             # The slot keeps the id until the reply is written, so a death while writing is
             # still charged to this task.
             state.busy = False
+            # The next task is claimed before the reply goes: the parent, reading the reply,
+            # then sees it started (its future is running) without asking.
+            claimed = _claim_from(running, records, received, first_seq, index + 1)
             send(reply)
             running.value = 0
             if not outbox.intact():
@@ -217,6 +227,27 @@ def _serve(
                     # The parent never sends more than the budget; it started our
                     # replacement when it sent the last task.
                     return
+
+
+def _claim_from(
+    running: Any,
+    records: list[TaskRecord],
+    received: list[Optional[_oob.Received]],
+    first_seq: int,
+    start: int,
+) -> int:
+    """Claim the first task from ``records[start]`` on that the parent has not taken back
+    (``_slots.RunningSlot.claim``); return its index (``len(records)``: none is left).
+
+    The tasks passed over were taken back: their memory files are closed here.
+    """
+    for index in range(start, len(records)):
+        if running.claim(first_seq + index, records[index].task_id):
+            return index
+        files = received[index]
+        if files is not None:
+            files.close()
+    return len(records)
 
 
 def _run(

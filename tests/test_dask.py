@@ -318,6 +318,14 @@ def test_map_is_lazy_over_an_endless_generator(cluster: Cluster) -> None:
         assert sum(done) == 25
 
 
+def test_map_priority_is_dask_priority(cluster: Cluster) -> None:
+    with cluster.executor() as ex:
+        results = ex.map(tasks.square, range(10), priority=3, chunksize=1)
+        assert list(results) == [i * i for i in range(10)]
+        with pytest.raises(TypeError):
+            ex.map(tasks.square, range(3), priority=1.5)  # type: ignore[arg-type]
+
+
 def test_map_rejects_bad_keywords(cluster: Cluster) -> None:
     with cluster.executor() as ex:
         with pytest.raises(ValueError):

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import collections
 import signal
+import types
 from concurrent.futures import Future
 from typing import Any, Optional
 
 import pytest
 
-from poolkit._assignment import MAX_IN_FLIGHT, assignments, in_flight_limit, take_batch
+from poolkit._assignment import (
+    LONG_TASK_DEPTH,
+    MAX_IN_FLIGHT,
+    assignments,
+    in_flight_limit,
+    steal_share,
+    take_batch,
+)
 from poolkit._errors import BrokenProcessPool, crash_error, not_run_error
 from poolkit._halting import TaskDeadlines
 from poolkit._stopping import TERMINATE_GRACE_SECONDS, GraceClock
@@ -32,14 +40,16 @@ class _Worker:
         self.budget = budget
         self.progress_at = 0.0
         self.signals: list[signal.Signals] = []
+        self.running = types.SimpleNamespace(sent=held)  # the claim ring's send count
 
     def signal(self, signum: signal.Signals) -> None:
         self.signals.append(signum)
 
 
 def test_in_flight_limit_follows_the_measured_task_duration() -> None:
-    assert in_flight_limit(None) == 1  # not measured yet: one at a time
-    assert in_flight_limit(0.5) == 1
+    # Not measured yet, or long: the running task and the next (which can be taken back).
+    assert in_flight_limit(None) == LONG_TASK_DEPTH == 2
+    assert in_flight_limit(0.5) == LONG_TASK_DEPTH
     assert in_flight_limit(0.0) == MAX_IN_FLIGHT
     assert in_flight_limit(0.0001) == 20
     assert in_flight_limit(0.004) == 2
@@ -55,7 +65,10 @@ def test_assignments_spread_a_small_queue_and_respect_budgets() -> None:
         worker.assigned.extend(batch)  # what sending does
     assert sent == {2: [1, 2], 3: [3], 1: [4]}
     assert not pending
-    assert all(t.started for w in workers for t in list(w.assigned)[-1:])
+    # Only the first task an idle worker gets is bound to it; the others stay pending
+    # (prefetched, claimable, revocable) until the worker claims them.
+    started = {t.task_id for w in workers for t in w.assigned if t.task_id < 1000 and t.started}
+    assert started == {1, 3}
 
 
 def test_a_timed_task_goes_alone_to_an_idle_worker() -> None:
@@ -149,3 +162,15 @@ def test_errors_name_the_worker_the_signal_and_the_caller() -> None:
         not_run_error(None, "Executor.terminate_workers()")
     )
     assert "the executor stopped first" in str(not_run_error(None, None))
+
+
+def test_an_idle_worker_steals_half_of_a_busy_queue_or_all_behind_a_long_task() -> None:
+    busy, thief = _Worker(1, held=5), _Worker(2)
+    for task in list(busy.assigned)[1:]:
+        task.board = object()  # type: ignore[assignment]  # pending in the worker: claimable
+    busy.progress_at = 1.0
+    victim, wanted = steal_share(thief, [busy, thief], now=1.001)  # it just finished one
+    assert victim is busy and [t.task_id for t in wanted] == [1001, 1002]
+    victim, wanted = steal_share(thief, [busy, thief], now=2.0)  # one task for a second
+    assert [t.task_id for t in wanted] == [1001, 1002, 1003, 1004]
+    assert steal_share(thief, [thief], now=2.0) == (None, [])

@@ -43,6 +43,9 @@ GOALS: tuple[Goal, ...] = (
     Goal("cpu", "speedup", "stdlib", 0.97),
     Goal("array", "mibs", "stdlib", 4.0),
     Goal("memory", "total_mib", "stdlib", 1.1),
+    Goal("mixed", "makespan_ms", "floor", 1.05),
+    Goal("longburst", "shorts_ms", BEST_PEER, 1.1),
+    Goal("service", "p99_us", BEST_PEER, 1.0),
 )
 
 

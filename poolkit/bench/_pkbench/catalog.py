@@ -231,6 +231,51 @@ WORKLOADS: tuple[Workload, ...] = (
         {},
         {},
     ),
+    # Mixed durations (_pkbench.mixed): a task must not wait behind another while a worker idles.
+    Workload(
+        "mixed",
+        "mixed durations, at once",
+        (
+            Metric(
+                "makespan_ms",
+                "{tasks} tasks ({long_tasks} x {long_ms} ms, the rest {short_ms} ms), makespan",
+                "ms",
+                False,
+            ),
+            Metric("makespan_ratio", "the same, makespan / its lower bound", "x", False),
+        ),
+        {"tasks": 200, "long_tasks": 10, "short_ms": 5, "long_ms": 100},
+        {"tasks": 60, "long_tasks": 3, "short_ms": 5, "long_ms": 100},
+    ),
+    Workload(
+        "longburst",
+        "long task, then a burst",
+        (
+            Metric(
+                "shorts_ms",
+                "one {long_ms} ms task, then {shorts} x {short_ms} ms: short ones done",
+                "ms",
+                False,
+            ),
+        ),
+        {"long_ms": 1000, "shorts": 20, "short_ms": 10},
+        {"long_ms": 300, "shorts": 20, "short_ms": 10},
+    ),
+    Workload(
+        "service",
+        "requests beside a long task",
+        (
+            Metric(
+                "median_us",
+                "requests one at a time beside a running long task, median",
+                "us",
+                False,
+            ),
+            Metric("p99_us", "requests one at a time beside a running long task, p99", "us", False),
+        ),
+        {"long_ms": 200, "requests": 1000},
+        {"long_ms": 200, "requests": 200},
+    ),
 )
 
 WORKLOADS_BY_NAME = {w.name: w for w in WORKLOADS}

@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Any
 
-from . import mapping, target, workloads
+from . import mapping, mixed, target, workloads
 from .adapters import ADAPTERS, Unsupported, make_pool
 from .floors import FLOORS
 
@@ -24,9 +24,10 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
     name, impl, method = spec["workload"], spec["impl"], spec["method"]
     workers, params = int(spec["workers"]), dict(spec.get("params", {}))
     if impl == "floor":
-        if name not in FLOORS:
+        floors = {**FLOORS, **mixed.FLOORS}
+        if name not in floors:
             return {"skipped": "no floor for this workload"}
-        return {"values": FLOORS[name](method, workers, params)}
+        return {"values": floors[name](method, workers, params)}
     try:
         ADAPTERS[impl].preload()
         if name in workloads.COLD:
@@ -38,7 +39,7 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
     stuck = False
     try:
         workloads.until_pids(pool, workers)  # warm-up: every worker is up and has run a task
-        return {"values": {**workloads.WARM, **mapping.WARM}[name](pool, params)}
+        return {"values": {**workloads.WARM, **mapping.WARM, **mixed.WARM}[name](pool, params)}
     except Unsupported as exc:
         return {"skipped": str(exc)}
     except workloads.Measured as exc:

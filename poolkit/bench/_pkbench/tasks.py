@@ -63,3 +63,9 @@ class Star:
 
     def __call__(self, args: Any) -> Any:
         return self.fn(*args)
+
+
+def nap(seconds: float) -> float:
+    """Sleep: a task of a known duration that leaves the CPU to the pool's own work."""
+    time.sleep(seconds)
+    return seconds
