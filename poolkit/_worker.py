@@ -207,17 +207,18 @@ def _serve(
             # The slot keeps the id until the reply is written, so a death while writing is
             # still charged to this task.
             state.busy = False
+            if not outbox.intact():
+                # The task closed the result pipe or put something else over it (dup2): its
+                # answer would go nowhere, and so would every later one. Ending here, before
+                # the next task is claimed, charges the death to this task alone (the parent
+                # finds it unanswered in the slot's "started"); the tasks behind it are
+                # still pending and run elsewhere.
+                return
             # The next task is claimed before the reply goes: the parent, reading the reply,
             # then sees it started (its future is running) without asking.
             claimed = _claim_from(running, records, received, first_seq, index + 1)
             send(reply)
             running.value = 0
-            if not outbox.intact():
-                # The task closed the result pipe or put something else over it (dup2): its
-                # answer went nowhere, and so would every later one. Ending here, before the
-                # next task starts, charges the death to this task alone (the parent finds
-                # it unanswered in the slot's "started"); the tasks behind it run elsewhere.
-                return
             if max_memory is not None and _resident_bytes() > max_memory:
                 send(encode_message(MessageKind.RETIRING, os.getpid(), b""))
                 return
