@@ -114,7 +114,10 @@ class Dispatcher:
         #: Tasks a caller took back from a worker (cancel(), a higher priority): the
         #: dispatcher drops them from that worker's list, and requeues those not cancelled.
         self._revoked: collections.deque[TaskState] = collections.deque()
-        self._on_revoke = self._revoked_by_caller  # bound once, handed to every posted task
+        # Handed to every posted task. Through a weak reference: a bound method kept on the
+        # dispatcher itself would make a cycle, and the pool (its initargs: a user's queues
+        # and locks, their descriptors) would then wait for the garbage collector.
+        self._on_revoke = _weak_revoke(weakref.ref(self))
         #: A task with a priority was submitted: submits then keep the priority rule.
         self._prioritized = False
         self._workers: dict[int, WorkerHandle] = {}
@@ -945,3 +948,14 @@ class Dispatcher:
                 except OSError:
                     pass
             self._wake_r = self._wake_w = -1
+
+
+def _weak_revoke(dispatcher: weakref.ref[Dispatcher]) -> Callable[[TaskState], None]:
+    """``Dispatcher._revoked_by_caller`` without a strong reference to the dispatcher."""
+
+    def on_revoke(task: TaskState) -> None:
+        target = dispatcher()
+        if target is not None:
+            target._revoked_by_caller(task)
+
+    return on_revoke
