@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager as ContextManager
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, ClassVar, Optional, Protocol
 
+from . import _initargs as initargs_pickling
 from ._fork_template import ForkTemplate, TemplateFailed
 from ._fork_template import supported as template_supported
 
@@ -59,6 +60,14 @@ class Backend:
 
     def __init__(self, context: BaseContext) -> None:
         self.context = context
+        #: The ``multiprocessing`` objects of ``initargs`` (see ``_initargs``): every
+        #: worker gets them as a process argument, which ``multiprocessing`` pickles while
+        #: it starts the worker (or, under fork, the worker inherits).
+        self.carried: tuple[Any, ...] = ()
+
+    def carry(self, objects: tuple[Any, ...]) -> None:
+        """Give every worker started from now on these objects (``worker_main``'s last)."""
+        self.carried = objects
 
     def prepare_respawns(self, target: Callable[..., Any], config_blob: bytes) -> None:
         """Called once the first workers run, before any poolkit thread starts."""
@@ -106,7 +115,9 @@ class ForkBackend(Backend):
 
     def prepare_respawns(self, target: Callable[..., Any], config_blob: bytes) -> None:
         if template_supported():
-            self._template = ForkTemplate(self.context, target, config_blob)
+            # The template inherits the carried objects now and its forks inherit them
+            # again: a replacement gets the same handles as the first workers.
+            self._template = ForkTemplate(self.context, target, config_blob, self.carried)
 
     def death_signal_safe(self, long_lived_thread: bool) -> bool:
         if self._fallback is not None:
@@ -127,7 +138,10 @@ class ForkBackend(Backend):
         except TemplateFailed as exc:
             # Killed, stopped or gone: forking the parent instead is not safe now that
             # the dispatcher thread runs, so replacements come from a clean process.
-            self._fallback = _fallback_backend()
+            fallback = _fallback_backend()
+            _check_carried(self.carried, fallback.name, exc)
+            fallback.carry(self.carried)
+            self._fallback = fallback
             message = (
                 f"{exc}; replacement workers of this pool now start with "
                 f"{self._fallback.name!r} (they import the main module like any "
@@ -143,6 +157,18 @@ class ForkBackend(Backend):
             self._template = None
         if self._fallback is not None:
             self._fallback.close()
+
+
+def _check_carried(objects: tuple[Any, ...], method: str, lost: TemplateFailed) -> None:
+    """Raise TypeError if one of ``objects`` cannot reach a ``method`` worker."""
+    for obj in objects:
+        why = initargs_pickling.travel_error(obj, method)
+        if why is not None:
+            raise TypeError(
+                f"{lost}; its replacements would start with {method!r}, and "
+                f"{initargs_pickling.describe_carried(obj)} cannot be given to "
+                f"{method} workers: {why}"
+            ) from lost
 
 
 def _fallback_backend() -> Backend:

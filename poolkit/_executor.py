@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import signal
 import sys
 import threading
@@ -9,17 +10,19 @@ import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
-from typing import Any, Callable, Literal, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, overload
 
 from . import _completion as completion
-from . import _serialization as serialization
-from ._backends import resolve_backend
+from . import _initargs as initargs_pickling
 from ._dispatcher import Dispatcher
 from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
 from ._oob import AVAILABLE as oob_available
 from ._options import UNSET, TaskOptions, check_bytes, check_seconds
 from ._tasks import TaskState, abandon_futures
 from ._worker import WorkerConfig
+
+if TYPE_CHECKING:
+    from ._dask import DaskExecutor
 
 T = TypeVar("T")
 
@@ -53,6 +56,21 @@ if hasattr(threading, "_register_atexit"):
     threading._register_atexit(_at_interpreter_exit)
 
 
+class _ConstructorSignature:
+    """A class's signature, taken from its ``__init__`` (a subclass's own, if it has one).
+
+    ``inspect.signature`` reads ``__signature__`` before it looks at ``__new__``.
+    """
+
+    def __get__(self, instance: object, owner: type) -> inspect.Signature:
+        if instance is not None:
+            # An executor is not callable: it has no signature of its own.
+            raise AttributeError("__signature__")
+        signature = inspect.signature(owner.__init__)  # type: ignore[misc]
+        parameters = list(signature.parameters.values())[1:]  # without self
+        return signature.replace(parameters=parameters, return_annotation=owner.__name__)
+
+
 class Executor(TaskFrontend):
     """A pool of persistent worker processes behind the ``concurrent.futures`` interface.
 
@@ -80,12 +98,62 @@ class Executor(TaskFrontend):
             with :meth:`with_options`.
         max_memory_per_child: bytes of resident memory after which a worker is replaced
             (checked after each task; the worker finishes that task first).
+        backend: ``None`` or ``"local"`` (default): this pool of local processes.
+            ``"dask"``: the call returns a ``DaskExecutor`` instead, with the same
+            interface, that runs tasks on a dask.distributed cluster (docs/distributed.md;
+            ``pip install 'poolkit[dask]'``); with it, only ``max_workers``, ``address`` and
+            ``client`` apply.
+        address: with ``backend="dask"``, the scheduler to connect to (for example
+            ``"tcp://10.0.0.5:8786"``); without ``address`` or ``client``, poolkit starts a
+            local cluster of ``max_workers`` processes.
+        client: with ``backend="dask"``, a ``distributed.Client`` to use (poolkit never
+            closes it).
+
+    ``initargs`` may hold ``multiprocessing`` objects (locks, queues, ``Value``/``Array``,
+    manager proxies, ...): every worker, replacements included, gets working handles to
+    them, as with the standard library (docs/api.md).
 
     Raises:
-        TypeError: an argument has the wrong type.
+        TypeError: an argument has the wrong type; the initializer or an item of
+            ``initargs`` cannot be pickled, or cannot be given to this start method's
+            workers (the message names it).
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is not positive; the start
-            method is unknown or unavailable; ``start_method`` and ``mp_context`` disagree.
+            method is unknown or unavailable; ``start_method`` and ``mp_context`` disagree;
+            ``backend`` is unknown; ``address`` or ``client`` without ``backend="dask"``.
+        ImportError: ``backend="dask"`` without dask.distributed installed.
     """
+
+    #: What ``inspect.signature(Executor)``, ``help()`` and IDEs show: the parameters of
+    #: ``__init__``, which ``__new__`` (with its ``*args, **kwargs``) would hide.
+    __signature__ = _ConstructorSignature()
+
+    @overload
+    def __new__(
+        cls,
+        max_workers: Optional[int] = None,
+        mp_context: Optional[BaseContext] = None,
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: Iterable[Any] = (),
+        *,
+        backend: Optional[Literal["local"]] = None,
+        max_tasks_per_child: Optional[int] = None,
+        start_method: Optional[str] = None,
+        task_timeout: Optional[float] = None,
+        max_memory_per_child: Optional[int] = None,
+    ) -> Executor: ...
+
+    # mypy reports a __new__ that returns another class (python/mypy#15182) and types the
+    # call as Executor anyway; type checkers that follow the typing spec's constructor
+    # rules (pyright) type it as DaskExecutor.
+    @overload
+    def __new__(  # type: ignore[misc]
+        cls,
+        max_workers: Optional[int] = None,
+        *,
+        backend: Literal["dask"],
+        address: Any = None,
+        client: Any = None,
+    ) -> DaskExecutor: ...
 
     def __new__(cls, *args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
         """``backend="dask"`` returns a ``poolkit._dask.DaskExecutor`` (docs/distributed.md).
@@ -114,7 +182,12 @@ class Executor(TaskFrontend):
         start_method: Optional[str] = None,
         task_timeout: Optional[float] = None,
         max_memory_per_child: Optional[int] = None,
+        address: Any = None,
+        client: Any = None,
     ) -> None:
+        if address is not None or client is not None:
+            given = "address" if address is not None else "client"
+            raise ValueError(f"{given}= names a dask cluster: it needs backend='dask'")
         if max_workers is None:
             max_workers = default_workers()
         elif not isinstance(max_workers, int) or isinstance(max_workers, bool):
@@ -134,19 +207,14 @@ class Executor(TaskFrontend):
                 raise ValueError("max_tasks_per_child must be >= 1")
         self._task_timeout = check_seconds("task_timeout", task_timeout)
         max_memory = check_bytes("max_memory_per_child", max_memory_per_child)
-        method = resolve_backend(start_method, mp_context)
-        try:
-            config_blob = serialization.dumps(
-                WorkerConfig(initializer, initargs, max_tasks_per_child, max_memory)
-            )
-        except Exception as exc:
-            raise TypeError(f"initializer or initargs cannot be pickled: {exc}") from exc
+        config = WorkerConfig(initializer, initargs, max_tasks_per_child, max_memory)
+        packed, method = initargs_pickling.prepare(config, start_method, mp_context)
 
         self._init_frontend(max_workers)
         self._max_tasks_per_child = max_tasks_per_child
         self._out_of_band = oob_available
         self._start_method = method.name
-        self._dispatcher = Dispatcher(method, max_workers, config_blob, max_tasks_per_child)
+        self._dispatcher = Dispatcher(method, max_workers, packed.blob, max_tasks_per_child)
         self._dispatcher.start(self)
         with _live_lock:
             _live_dispatchers.add(self._dispatcher)

@@ -68,17 +68,22 @@ class ForkTemplate:
     """The parent's side of a template process."""
 
     def __init__(
-        self, context: BaseContext, target: Callable[..., Any], config_blob: bytes
+        self,
+        context: BaseContext,
+        target: Callable[..., Any],
+        config_blob: bytes,
+        carried: tuple[Any, ...] = (),
     ) -> None:
         parent_end, template_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         register_parent_fd(parent_end.fileno())
         self._socket = parent_end
         self._exits: dict[int, int] = {}
+        self._reply_pidfd = -1  #: the pidfd that came with the last SpawnReply
         #: Why the template forks no more workers, once it does not.
         self.failure: Optional[TemplateFailed] = None
         self.process: BaseProcess = context.Process(  # type: ignore[attr-defined]
             target=_template_main,
-            args=(template_end, target, config_blob, os.getpid()),
+            args=(template_end, target, config_blob, os.getpid(), carried),
             name="poolkit-fork-template",
         )
         try:
@@ -100,7 +105,11 @@ class ForkTemplate:
         while True:
             message = self._receive(deadline)
             if isinstance(message, SpawnReply):
-                return TemplateChild(self, message.pid)
+                pidfd, self._reply_pidfd = self._reply_pidfd, -1
+                if pidfd < 0:  # not sent (cannot happen with this template): open one
+                    pidfd = os.pidfd_open(message.pid)
+                    register_parent_fd(pidfd)
+                return TemplateChild(self, message.pid, pidfd)
             if message is None:
                 raise self._failed(
                     f"the fork template (pid {self.process.pid}) did not answer "
@@ -140,14 +149,22 @@ class ForkTemplate:
         if not ready:
             return None
         try:
-            data = self._socket.recv(_MAX_MESSAGE)
+            data, fds, _flags, _addr = socket.recv_fds(self._socket, _MAX_MESSAGE, 1)
         except OSError as exc:
             raise self._failed(f"the fork template could not be read: {exc}") from exc
         if not data:
+            for fd in fds:
+                os.close(fd)
             raise self._failed(f"the fork template (pid {self.process.pid}) exited")
         message: object = pickle.loads(data)
         if isinstance(message, ChildExit):
             self._exits[message.pid] = message.exitcode
+        elif isinstance(message, SpawnReply) and fds:
+            # The template's pidfd of the new worker: the parent cannot open its own by pid
+            # once the worker has exited and the template reaped it (an initializer that
+            # exits at once), and then the pid could already name another process.
+            self._reply_pidfd = fds[0]
+            register_parent_fd(fds[0])
         return message
 
     def close(self) -> None:
@@ -173,11 +190,10 @@ class ForkTemplate:
 class TemplateChild:
     """A worker forked by the template: the subset of ``Process`` the dispatcher uses."""
 
-    def __init__(self, template: ForkTemplate, pid: int) -> None:
+    def __init__(self, template: ForkTemplate, pid: int, pidfd: int) -> None:
         self._template = template
         self.pid = pid
-        self.sentinel = os.pidfd_open(pid)  # readable once the process has exited
-        register_parent_fd(self.sentinel)
+        self.sentinel = pidfd  # readable once the process has exited (registered already)
         self._exitcode: Optional[int] = None
 
     @property
@@ -219,7 +235,11 @@ class TemplateChild:
 
 
 def _template_main(
-    sock: socket.socket, target: Callable[..., Any], config_blob: bytes, parent_pid: int
+    sock: socket.socket,
+    target: Callable[..., Any],
+    config_blob: bytes,
+    parent_pid: int,
+    carried: tuple[Any, ...] = (),
 ) -> None:
     """The template process: fork a worker per request; report each worker's exit.
 
@@ -256,13 +276,13 @@ def _template_main(
                     data = b""
                 if not data:
                     return  # the parent closed the pool, or died
-                process = _fork_worker(context, target, fds, config_blob, link)
+                process = _fork_worker(context, target, fds, config_blob, link, carried)
                 pid: int = process.pid  # type: ignore[assignment]
                 pidfd = os.pidfd_open(pid)
                 register_parent_fd(pidfd)
                 children[pidfd] = (process, pid)
                 poller.register(pidfd, select.POLLIN)
-                sock.send(pickle.dumps(SpawnReply(pid)))
+                socket.send_fds(sock, [pickle.dumps(SpawnReply(pid))], [pidfd])
             elif fd in children:
                 process, pid = children.pop(fd)
                 poller.unregister(fd)
@@ -302,6 +322,7 @@ def _fork_worker(
     fds: list[int],
     config_blob: bytes,
     link: ParentLink,
+    carried: tuple[Any, ...],
 ) -> BaseProcess:
     inbox_fd, outbox_fd, side_fd, slot_fd = fds
     inbox = Connection(inbox_fd, writable=False)
@@ -310,7 +331,7 @@ def _fork_worker(
     running = RunningSlot(slot_fd)  # maps the slot and closes the descriptor
     process: BaseProcess = context.Process(  # type: ignore[attr-defined]
         target=target,
-        args=(inbox, outbox, side, running, config_blob, link),
+        args=(inbox, outbox, side, running, config_blob, link, carried),
         name="poolkit-worker-fork",
     )
     process.start()

@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from . import _oob
 from . import _serialization as serialization
+from ._initargs import unpack as unpack_config
 from ._main_namespace import adopt_main_functions
 from ._messages import (
     ChunkOutcome,
@@ -47,7 +48,7 @@ _FN_CACHE_BYTES = 8 << 20
 
 
 class WorkerConfig(NamedTuple):
-    """What a worker needs to know at start; pickled by the parent (cloudpickle)."""
+    """What a worker needs to know at start; pickled by the parent (``_initargs.pack``)."""
 
     initializer: Optional[Callable[..., Any]]
     initargs: tuple[Any, ...]
@@ -62,12 +63,14 @@ def worker_main(
     running: Any,
     config_blob: bytes,
     parent: Optional[ParentLink] = None,
+    carried: tuple[Any, ...] = (),
 ) -> None:
     """Entry point of a worker process (the ``multiprocessing.Process`` target).
 
     ``side`` is the socket that carries the memory files of large buffers (``_oob``), or
     None where descriptors cannot be passed. ``parent`` names the pool's parent process,
-    which the worker must not outlive (``_parent_watch``).
+    which the worker must not outlive (``_parent_watch``). ``carried``: the
+    ``multiprocessing`` objects of ``initargs``, which ``config_blob`` refers to (``_initargs``).
     """
     me = os.getpid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -89,7 +92,7 @@ def worker_main(
         side.close()
 
     try:
-        config: WorkerConfig = serialization.loads(config_blob)
+        config: WorkerConfig = unpack_config(config_blob, carried)
         if config.initializer is not None:
             adopt_main_functions(config.initializer)(*config.initargs)
     except BaseException as exc:

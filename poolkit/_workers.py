@@ -108,6 +108,7 @@ class WorkerHandle:
                     running,
                     config_blob,
                     link,
+                    backend.carried,
                 ),
                 name=f"poolkit-worker-{backend.name}",
             )
