@@ -12,7 +12,7 @@ own pool it runs under ``python -m poolkit run``; where it takes a pool, it is g
 Clients (the programs come with ``pip install 'poolkit[clients]'``; a missing one is
 skipped with that hint):
 
-- ``black``: reformats a copy of a real source tree (the installed ``dask`` package) with
+- ``black``: reformats a copy of a real source tree (files of the installed ``dask`` package) with
   two workers; the outputs are the digests of the reformatted trees.
 - ``tqdm``: ``tqdm.contrib.concurrent.process_map`` with its multiprocessing lock; the
   output is the results' digest and the bar's last state, which must be at its total.
@@ -218,7 +218,7 @@ class Client:
 
 
 CLIENTS = [
-    Client("black", ("black", "dask"), True, 8, 0),
+    Client("black", ("black", "dask"), True, 8, 60),
     Client("tqdm", ("tqdm",), True, 300, 2000),
     Client("dask", ("dask",), False, 2_000, 200_000),
     Client("asyncio", (), False, 200, 2000),
@@ -287,7 +287,7 @@ def _with_summary(
 
 
 def run_black(on_poolkit: bool, size: int, work: Path) -> Run:
-    """black -W 2 over a fresh copy of the dask package (its first `size` files if > 0)."""
+    """black -W 2 over a fresh copy of the dask package (its first `size` files; 0: all)."""
     import dask
 
     source = Path(dask.__file__).parent
