@@ -1,4 +1,4 @@
-"""``python -m poolkit``: ``bench`` (which start method is fastest here) and ``demo``."""
+"""``python -m poolkit``: ``bench`` (which start method is fastest here), ``run`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ usage: python -m poolkit COMMAND [options]
 commands:
   bench   compare start methods (and peers) on this machine, or time your own function
           (python -m poolkit bench --help)
+  run     run a program with poolkit as its ProcessPoolExecutor, unchanged
+          (python -m poolkit run [--start-method M] script.py | -m module [args...])
   demo    run a tiny example pool
 """
 
@@ -59,6 +61,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             return bench_main(rest, prog=f"{prog} bench")
         except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
             return exc.code if isinstance(exc.code, int) else 2
+    if command == "run":
+        from ._run_program import main as run_main
+
+        return run_main(rest, prog=f"{prog} run")
     if command == "demo":
         return demo()
     print(f"{prog}: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)

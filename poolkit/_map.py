@@ -46,6 +46,7 @@ from ._errors import BrokenProcessPool
 from ._messages import ChunkOutcome, MessageKind, TaskKind, WorkerMessage, encode_task
 from ._oob import HeldBuffers
 from ._options import check_priority
+from ._submit_map import fixed_chunksize, submit_map, submit_replaced
 from ._tasks import TaskState, rebuild_exception
 
 if TYPE_CHECKING:
@@ -130,6 +131,14 @@ def start_map(
     make_bar = _tqdm_factory() if progress is True else None
     executor._check_open()
     end_time = None if timeout is None else time.monotonic() + timeout
+    if ordered and progress is None and priority == 0 and submit_replaced(executor):
+        # The stdlib's map calls self.submit per chunk; a replaced submit expects it (tqdm's
+        # process_map advances its bar there): see _submit_map.
+        size = fixed_chunksize(chunksize, total, executor.max_workers)
+        buffer = None if buffersize is DEFAULT else buffersize
+        return submit_map(
+            executor, fn, items, end_time=end_time, chunksize=size, buffersize=buffer, star=star
+        )
 
     workers = executor.max_workers
     # With the stdlib's spelling (buffersize given) the map stops at shutdown, as in 3.14;
