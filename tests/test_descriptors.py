@@ -91,6 +91,13 @@ def _descriptor_problem(target: str, sockets: dict[int, Socket]) -> str | None:
     return f"{target}: a file or FIFO other users can open"
 
 
+def _read_by_python(target: str) -> bool:
+    """A file an interpreter opens while it starts or imports: code, not a channel."""
+    return target.endswith((".py", ".pyc", ".pth")) or target.startswith(
+        (sys.prefix + os.sep, sys.base_prefix + os.sep)
+    )
+
+
 def maps_of(pid: int) -> str:
     """The process's memory mappings (/proc/PID/maps), or "" if it exited meanwhile."""
     try:
@@ -154,15 +161,16 @@ def test_every_descriptor_of_a_running_pool_is_private(start_method: str, tmp_pa
         }
         others = descendants(os.getpid())
         # Not the pool's: what the test process held before the pool (its stdout, pytest's
-        # capture files), which a forked process inherits, and a module being imported
-        # at the instant of the listing (a fork server's import reads a .pyc).
+        # capture files), which a forked process inherits, and what an interpreter reads
+        # at the instant of the listing (a spawned worker's start-up reads .pth files, a
+        # fork server's import a .pyc).
         users_own = set(parent_before.values())
         for pid in others:
             try:
                 processes[pid] = {
                     fd: t
                     for fd, t in descriptors(pid).items()
-                    if t not in users_own and not t.endswith((".py", ".pyc"))
+                    if t not in users_own and not _read_by_python(t)
                 }
             except OSError:
                 continue  # a process that exited meanwhile (a replaced worker)
