@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._backends import default_start_method, start_methods
+    from ._dask_security import InsecureClusterWarning
     from ._errors import (
         BrokenProcessPool,
         DeserializationError,
@@ -35,6 +36,7 @@ _LAZY = {
     "TaskStopped": "._errors",
     "TaskTimeoutError": "._errors",
     "WorkerCrashedError": "._errors",
+    "InsecureClusterWarning": "._dask_security",
 }
 
 
@@ -59,6 +61,7 @@ __all__ = [
     "BrokenProcessPool",
     "DeserializationError",
     "Executor",
+    "InsecureClusterWarning",
     "RemoteTraceback",
     "TaskStopped",
     "TaskTimeoutError",

@@ -439,3 +439,10 @@ def test_security_goes_with_address_only(distributed: Any) -> None:
         poolkit.Executor(backend="dask", security=object())
     with pytest.raises(ValueError, match="security= goes with address="):
         poolkit.Executor(backend="dask", client=object(), security=object())
+
+
+def test_the_warning_is_public() -> None:
+    import poolkit
+
+    assert poolkit.InsecureClusterWarning is _dask_security.InsecureClusterWarning
+    assert "InsecureClusterWarning" in poolkit.__all__
