@@ -16,7 +16,7 @@ from ._transport import register_parent_fd, unregister_parent_fd
 
 # Word layout: [running task id, last started task id, skip generation, skip ids...]
 _RUNNING = 0
-_STARTED = 1
+_LAST_STARTED = 1
 _SKIP_GENERATION = 2
 _SKIP_FIRST = 3
 _SKIP_SLOTS = 6
@@ -118,11 +118,11 @@ class RunningSlot:
     @property
     def started(self) -> int:
         """Id of the last task the worker took (0 before the first)."""
-        return int(self._view[_STARTED])
+        return int(self._view[_LAST_STARTED])
 
     @started.setter
     def started(self, task_id: int) -> None:
-        self._view[_STARTED] = task_id
+        self._view[_LAST_STARTED] = task_id
 
     def add_skip(self, task_id: int) -> None:
         """(Parent) Ask the worker not to run ``task_id`` if it has not started it."""

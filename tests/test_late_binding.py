@@ -184,3 +184,21 @@ def test_pending_queue_orders_by_priority_then_submission() -> None:
     assert [t.task_id for t in queue.take_out(lambda t: t.task_id % 2 == 1)] == [5, 1, 3]
     assert [queue.popleft().task_id for _ in range(len(queue))] == [2, 0, 4]
     assert not queue and queue.top_priority() is None
+
+
+def test_the_slot_keeps_the_last_started_task_apart_from_the_skip_list() -> None:
+    # The worker writes the id of each task it takes; the parent's requests to skip a task
+    # (stop()) live in other words of the same slot: neither may overwrite the other.
+    from poolkit._slots import RunningSlot
+
+    slot = RunningSlot()
+    try:
+        slot.add_skip(7)
+        slot.started = 12345
+        assert slot.should_skip(7)
+        assert not slot.should_skip(12345)
+        slot.add_skip(8)
+        assert slot.started == 12345
+        assert slot.should_skip(8)
+    finally:
+        slot.close()
