@@ -88,6 +88,7 @@ def _remove_abandoned(base: str) -> None:
 def _make_locked_directory(base: str) -> tuple[str, int]:
     """A new 0700 directory and the descriptor that holds its lock (see _remove_abandoned)."""
     directory = tempfile.mkdtemp(prefix=DIRECTORY_PREFIX, dir=base)
+    fd = -1
     try:
         # Locked before it gets the name others look for: never seen unlocked while we live.
         staging = os.path.join(directory, _LOCK_NAME + ".new")
@@ -95,6 +96,8 @@ def _make_locked_directory(base: str) -> tuple[str, int]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(staging, os.path.join(directory, _LOCK_NAME))
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return directory, fd
