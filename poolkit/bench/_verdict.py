@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
-from ._noise import RULE, Ranking, compare, rank
+from ._noise import MIN_REPEATS, RULE, Ranking, compare, rank
 from ._pkbench.catalog import WORKLOADS_BY_NAME
 from ._result import impl_title, metric_of
 from ._stats import format_value
@@ -372,11 +372,11 @@ def build(result: BenchResult) -> Verdict:
         if rows:
             groups.append(group_verdict(group, rows, result.methods))
     method, advice = recommend(groups, result.methods)
-    if result.repeat < 3:
+    if result.repeat < MIN_REPEATS:
         advice.insert(
             0,
             f"{result.repeat} repetition(s): too few for the rule to name any winner; "
-            f"use --repeat 3 or more",
+            f"use --repeat {MIN_REPEATS} or more",
         )
     load = result.load
     if load is not None:
