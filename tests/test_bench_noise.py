@@ -33,6 +33,15 @@ def test_exact_p_values_of_complete_separation() -> None:
     assert mann_whitney_less([4, 5, 6], [1, 2, 3]) == 1.0
 
 
+def test_exact_p_values_with_ties_worked_by_hand() -> None:
+    # Ties count a half (the brute force below shares the code's U, so it cannot check
+    # this branch). [1, 2, 2] against [2, 3, 3]: U = 7.5 of 9; of the 20 splits of the
+    # pooled values, 3 reach it.
+    assert mann_whitney_less([1, 2, 2], [2, 3, 3]) == pytest.approx(3 / 20)
+    # All equal: every split ties, so none is less extreme.
+    assert mann_whitney_less([5, 5, 5], [5, 5, 5]) == 1.0
+
+
 @pytest.mark.parametrize(
     ("xs", "ys"),
     [
