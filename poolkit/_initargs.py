@@ -215,13 +215,19 @@ def _try_spawning_pickle(obj: Any) -> None:
 
     # The thread-local slot the popen modules fill while they pickle a process: in it, the
     # objects' reducers hand their descriptors to the stand-in, which keeps nothing.
-    # (Not in multiprocessing.context.__all__, but what every start method calls.)
-    set_spawning = multiprocessing.context.set_spawning_popen
-    set_spawning(_StandInProcess())  # type: ignore[arg-type]  # duck-typed, as intended
+    # Not in multiprocessing.context.__all__, but what every start method calls on CPython
+    # 3.9-3.13: re-check get_spawning_popen/set_spawning_popen on a new version. Without
+    # them nothing is found fork-bound here, and a worker's start reports such an object.
+    set_spawning = getattr(multiprocessing.context, "set_spawning_popen", None)
+    get_spawning = getattr(multiprocessing.context, "get_spawning_popen", None)
+    if set_spawning is None or get_spawning is None:
+        return
+    previous = get_spawning()
+    set_spawning(_StandInProcess())  # duck-typed, as intended
     try:
         TravelPickler(io.BytesIO(), serialization.PROTOCOL).dump(obj)
     finally:
-        set_spawning(None)
+        set_spawning(previous)
 
 
 def fork_bound(objects: tuple[Any, ...]) -> list[Any]:

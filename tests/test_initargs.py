@@ -448,3 +448,20 @@ def test_tqdm_lock_travels_without_a_start_method() -> None:
     lock = tqdm.tqdm.get_lock()
     with Executor(1, initializer=tqdm.tqdm.set_lock, initargs=(lock,)) as ex:
         assert _result(ex.submit(worker.tqdm_lock_kind)) == "TqdmDefaultWriteLock"
+
+
+def test_the_fork_bound_check_without_multiprocessing_internals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The check borrows multiprocessing's spawning slot (CPython 3.9-3.13). With it, a
+    # fork-context lock is found fork-bound and the slot is left as it was; without it,
+    # nothing is (a worker's start then reports the object), and nothing raises.
+    import multiprocessing.context
+
+    from poolkit._initargs import fork_bound
+
+    lock = multiprocessing.get_context("fork").Lock()
+    assert fork_bound((lock,)) == [lock]
+    assert multiprocessing.context.get_spawning_popen() is None
+    monkeypatch.delattr(multiprocessing.context, "set_spawning_popen")
+    assert fork_bound((lock,)) == []
