@@ -4,7 +4,7 @@
     python benchmarks/dask_tls.py --rounds 5 --workers 2 --json /tmp/dask_tls.json
 
 Each round starts two LocalClusters the way ``Executor(backend="dask")`` does
-(``poolkit._dask._start_local_cluster``: one thread per worker, loopback, the scheduler
+(``poolkit._dask.executor._start_local_cluster``: one thread per worker, loopback, the scheduler
 settings of ``LOCAL_CLUSTER_CONFIG``), one over TLS with the credentials poolkit makes
 (``PrivateCluster``) and one over plain TCP, in alternating order, and measures through a
 poolkit executor on each:
@@ -42,8 +42,8 @@ def _start(tls: bool, workers: int) -> tuple[Any, Any, dict[str, float]]:
     import dask.config
     import distributed
 
-    from poolkit._dask import LOCAL_CLUSTER_CONFIG, _nanny_without_dashboard
-    from poolkit._dask_security import PrivateCluster
+    from poolkit._dask.executor import LOCAL_CLUSTER_CONFIG, _nanny_without_dashboard
+    from poolkit._dask.security import PrivateCluster
 
     timings: dict[str, float] = {}
     began = time.perf_counter()

@@ -60,15 +60,20 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
-from poolkit import Executor, _dispatcher, _frontend, _serialization, _transport, _worker
-from poolkit._messages import (
+from poolkit import Executor
+from poolkit import _executor_base as _frontend
+from poolkit._pickling import serialization as _serialization
+from poolkit._pool import dispatcher as _dispatcher
+from poolkit._pool.tasks import TaskState, resolve
+from poolkit._wire import transport as _transport
+from poolkit._wire.messages import (
     MessageKind,
     batch_prefix,
     decode_batch,
     decode_message,
     encode_message,
 )
-from poolkit._tasks import TaskState, resolve
+from poolkit._worker import main as _worker
 from poolkit.bench._pkbench.tasks import noop
 
 clock = time.perf_counter_ns
@@ -83,7 +88,7 @@ WORKERS = 2
 def instrument_worker(out_dir: str) -> None:
     """Initializer: wrap the worker loop's steps with timers; dump them when the loop ends.
 
-    Self-contained (it travels by value): it patches ``poolkit._worker`` in this worker only.
+    Self-contained (it travels by value): it patches ``poolkit._worker.main`` in this worker only.
     One row per task: task id, read started, read returned, decoded, ``_run`` started,
     ``_run`` returned, reply write started, reply write returned.
     """
@@ -91,7 +96,7 @@ def instrument_worker(out_dir: str) -> None:
     import os
     import time
 
-    from poolkit import _worker as worker
+    from poolkit._worker import main as worker
 
     now = time.perf_counter_ns
     rows: list[list[int]] = []
@@ -1055,14 +1060,14 @@ FRAME = re.compile(r"^(.*) \((.*):(\d+)\)$")
 WAITS = (
     ("selectors.py", "select"),
     ("threading.py", "wait"),
-    ("poolkit/_transport.py", "next_frame"),
-    ("poolkit/_worker.py", "watch"),
+    ("poolkit/_wire/transport.py", "next_frame"),
+    ("poolkit/_worker/main.py", "watch"),
 )
 #: The frame each thread's measured work runs under: "function (file" as py-spy names it.
 MARKERS = {
     "caller": ("_loop (", "roundtrip_profile.py:"),
-    "dispatcher": ("Dispatcher._run (", "poolkit/_dispatcher.py:"),
-    "worker": ("_serve (", "poolkit/_worker.py:"),
+    "dispatcher": ("Dispatcher._run (", "poolkit/_pool/dispatcher.py:"),
+    "worker": ("_serve (", "poolkit/_worker/main.py:"),
 }
 
 

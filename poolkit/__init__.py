@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._backends import default_start_method, start_methods
-    from ._dask_security import InsecureClusterWarning
-    from ._errors import (
+    from poolkit._dask.security import InsecureClusterWarning
+    from poolkit._errors import (
         BrokenProcessPool,
         DeserializationError,
         RemoteTraceback,
@@ -21,22 +20,23 @@ if TYPE_CHECKING:
         TaskTimeoutError,
         WorkerCrashedError,
     )
-    from ._executor import Executor
+    from poolkit._executor import Executor
+    from poolkit._start_methods.registry import default_start_method, start_methods
 
-# Names are imported on first use (PEP 562). A worker process imports ``poolkit._worker``,
+# Names are imported on first use (PEP 562). A worker process imports ``poolkit._worker.main``,
 # which imports this package first: eager imports here would load the whole parent side
 # (executor, dispatcher, backends, map) into every worker, costing start-up time and memory.
 _LAZY = {
     "Executor": "._executor",
-    "default_start_method": "._backends",
-    "start_methods": "._backends",
+    "default_start_method": "._start_methods.registry",
+    "start_methods": "._start_methods.registry",
     "BrokenProcessPool": "._errors",
     "DeserializationError": "._errors",
     "RemoteTraceback": "._errors",
     "TaskStopped": "._errors",
     "TaskTimeoutError": "._errors",
     "WorkerCrashedError": "._errors",
-    "InsecureClusterWarning": "._dask_security",
+    "InsecureClusterWarning": "._dask.security",
 }
 
 

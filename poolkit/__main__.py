@@ -62,7 +62,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
             return exc.code if isinstance(exc.code, int) else 2
     if command == "run":
-        from ._run_program import main as run_main
+        from poolkit._run.program import main as run_main
 
         return run_main(rest, prog=f"{prog} run")
     if command == "demo":

@@ -12,17 +12,17 @@ from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, overload
 
-from . import _completion as completion
-from . import _initargs as initargs_pickling
-from ._dispatcher import Dispatcher
-from ._frontend import TaskFrontend, default_workers, mark_interpreter_exiting
-from ._oob import AVAILABLE as oob_available
-from ._options import UNSET, TaskOptions, check_bytes, check_priority, check_seconds
-from ._tasks import TaskState, abandon_futures
-from ._worker import WorkerConfig
+from poolkit._executor_base import TaskFrontend, default_workers, mark_interpreter_exiting
+from poolkit._options import UNSET, TaskOptions, check_bytes, check_priority, check_seconds
+from poolkit._pickling import initargs as initargs_pickling
+from poolkit._pool import completion as completion
+from poolkit._pool.dispatcher import Dispatcher
+from poolkit._pool.tasks import TaskState, abandon_futures
+from poolkit._wire.buffers import AVAILABLE as oob_available
+from poolkit._worker.main import WorkerConfig
 
 if TYPE_CHECKING:
-    from ._dask import DaskExecutor
+    from poolkit._dask.executor import DaskExecutor
 
 T = TypeVar("T")
 
@@ -157,14 +157,15 @@ class Executor(TaskFrontend):
     ) -> DaskExecutor: ...
 
     def __new__(cls, *args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
-        """``backend="dask"`` returns a ``poolkit._dask.DaskExecutor`` (docs/distributed.md).
+        """``backend="dask"`` returns a ``poolkit._dask.executor.DaskExecutor``
+        (docs/distributed.md).
 
         Raises:
             ValueError: ``backend`` is not None, ``"local"`` or ``"dask"``.
             ImportError: ``backend="dask"`` without dask.distributed installed.
         """
         if backend == "dask":
-            from ._dask import DaskExecutor
+            from poolkit._dask.executor import DaskExecutor
 
             return DaskExecutor(*args, **kwargs)
         if backend not in (None, "local"):

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 if TYPE_CHECKING:
-    from ._executor import Executor
+    from poolkit._executor import Executor
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from poolkit._chunk_future import ChunkFuture, InvalidState
+from poolkit._map.chunk_future import ChunkFuture, InvalidState
 
 
 def make() -> tuple[ChunkFuture, list[Any]]:

@@ -27,9 +27,9 @@ import pytest
 import tasks
 from conftest import descendants, wait_gone
 
-import poolkit._completion as completion
+import poolkit._pool.completion as completion
 from poolkit import BrokenProcessPool, Executor, WorkerCrashedError, start_methods
-from poolkit._dispatcher import Dispatcher
+from poolkit._pool.dispatcher import Dispatcher
 
 
 def _fifo(tmp_path: Path, name: str) -> str:

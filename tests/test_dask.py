@@ -4,7 +4,7 @@ One cluster (2 worker processes, 1 thread each) serves the module. It runs in a 
 of its own, so the per-test leak check below can still demand that nothing of poolkit's is
 left in this process: no thread, no descriptor, no child process outside that cluster. The
 cluster is created with the scheduler settings poolkit uses for the cluster it starts
-itself (``poolkit._dask.LOCAL_CLUSTER_CONFIG``): a task whose worker dies is re-run once.
+itself (``poolkit._dask.executor.LOCAL_CLUSTER_CONFIG``): a task whose worker dies is re-run once.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from fifo import Gate
 
 import poolkit
 from poolkit import BrokenProcessPool, RemoteTraceback, WorkerCrashedError
-from poolkit._dask import LOCAL_CLUSTER_CONFIG, DaskExecutor
+from poolkit._dask.executor import LOCAL_CLUSTER_CONFIG, DaskExecutor
 
 TESTS_DIR = str(Path(__file__).parent)
 # The module's cluster is a plain-TCP one on loopback, as a user may bring: poolkit warns

@@ -36,8 +36,8 @@ from test_dask import _CLUSTER_SCRIPT, _env, _read_line, _stop
 from test_dask import distributed as distributed  # the fixture (and its copyreg undo)
 
 import poolkit
-from poolkit import _dask_security
-from poolkit._dask import LOCAL_CLUSTER_CONFIG, DaskExecutor
+from poolkit._dask import security as _dask_security
+from poolkit._dask.executor import LOCAL_CLUSTER_CONFIG, DaskExecutor
 
 ATTACKER = str(Path(__file__).with_name("dask_attack.py"))
 IS_ROOT = os.geteuid() == 0
@@ -237,7 +237,7 @@ def test_the_attacker_gets_into_a_plain_cluster(
 
 def test_credentials_live_in_memory_files_only(own: DaskExecutor) -> None:
     """The key is never in a file another process could open: dask gets memory files."""
-    from poolkit._dask_credentials import MemorySecurity
+    from poolkit._dask.credentials import MemorySecurity
 
     security = own.cluster.security
     assert isinstance(security, MemorySecurity)
@@ -282,7 +282,7 @@ def test_scratch_space_is_a_private_directory(own: DaskExecutor) -> None:
 
 _HOLD_A_DIRECTORY = """
 import os, signal, sys
-from poolkit._dask_security import PrivateCluster
+from poolkit._dask.security import PrivateCluster
 private = PrivateCluster()
 print(private.directory, flush=True)
 if sys.argv[1] == "kill":
@@ -352,8 +352,8 @@ def test_temporary_credentials_admit_holders_only(
 ) -> None:
     """Both ways of holding the key (and a copy as a worker unpickles it) do mutual TLS."""
     pytest.importorskip("cryptography")
-    from poolkit import _dask_credentials
-    from poolkit._dask_credentials import MemorySecurity
+    from poolkit._dask import credentials as _dask_credentials
+    from poolkit._dask.credentials import MemorySecurity
 
     if not memory_files:
         monkeypatch.setattr(_dask_credentials, "memory_files_work", lambda: False)
@@ -383,7 +383,7 @@ def test_temporary_credentials_admit_holders_only(
 
 def test_closed_credentials_never_read_a_reused_descriptor(distributed: Any) -> None:
     pytest.importorskip("cryptography")
-    from poolkit._dask_credentials import temporary_security
+    from poolkit._dask.credentials import temporary_security
 
     security = temporary_security()
     paths = {security.tls_client_cert, security.tls_client_key}

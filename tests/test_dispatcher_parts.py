@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 import pytest
 
-from poolkit._assignment import (
+from poolkit._errors import BrokenProcessPool, crash_error, not_run_error
+from poolkit._pool.assignment import (
     LONG_TASK_DEPTH,
     MAX_IN_FLIGHT,
     assignments,
@@ -18,11 +19,10 @@ from poolkit._assignment import (
     steal_share,
     take_batch,
 )
-from poolkit._errors import BrokenProcessPool, crash_error, not_run_error
-from poolkit._halting import TaskDeadlines
-from poolkit._stopping import TERMINATE_GRACE_SECONDS, GraceClock
-from poolkit._tasks import TaskState
-from poolkit._workers import StartupFailures
+from poolkit._pool.halting import TaskDeadlines
+from poolkit._pool.stopping import TERMINATE_GRACE_SECONDS, GraceClock
+from poolkit._pool.tasks import TaskState
+from poolkit._pool.worker_handle import StartupFailures
 
 
 def _task(task_id: int, timeout: Optional[float] = None) -> TaskState:

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from poolkit import Executor, _function_snapshot
-from poolkit import _serialization as serialization
+from poolkit import Executor
+from poolkit._pickling import function_snapshot as _function_snapshot
+from poolkit._pickling import serialization as serialization
 
 SOURCE = """
 import math

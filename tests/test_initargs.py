@@ -458,7 +458,7 @@ def test_the_fork_bound_check_without_multiprocessing_internals(
     # nothing is (a worker's start then reports the object), and nothing raises.
     import multiprocessing.context
 
-    from poolkit._initargs import fork_bound
+    from poolkit._pickling.initargs import fork_bound
 
     lock = multiprocessing.get_context("fork").Lock()
     assert fork_bound((lock,)) == [lock]

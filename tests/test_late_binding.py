@@ -165,8 +165,8 @@ def test_no_task_runs_twice_with_deaths_stops_and_cancels(
 def test_pending_queue_orders_by_priority_then_submission() -> None:
     from concurrent.futures import Future
 
-    from poolkit._pending import PendingQueue
-    from poolkit._tasks import TaskState
+    from poolkit._pool.pending import PendingQueue
+    from poolkit._pool.tasks import TaskState
 
     def task(task_id: int, priority: int = 0) -> TaskState:
         made = TaskState(task_id, Future(), (), "f")
@@ -189,7 +189,7 @@ def test_pending_queue_orders_by_priority_then_submission() -> None:
 def test_the_slot_keeps_the_last_started_task_apart_from_the_skip_list() -> None:
     # The worker writes the id of each task it takes; the parent's requests to skip a task
     # (stop()) live in other words of the same slot: neither may overwrite the other.
-    from poolkit._slots import RunningSlot
+    from poolkit._wire.slots import RunningSlot
 
     slot = RunningSlot()
     try:

@@ -17,7 +17,9 @@ import tasks
 from fifo import Gate
 
 import poolkit
-from poolkit import Executor, WorkerCrashedError, _chunking, _map
+from poolkit import Executor, WorkerCrashedError
+from poolkit._map import chunking as _chunking
+from poolkit._map import driver as _map
 
 
 class Counting:

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 import tasks
 
-from poolkit import Executor, WorkerCrashedError, _memfiles, _oob
-from poolkit import _serialization as serialization
-from poolkit._messages import read_buffer_table
+from poolkit import Executor, WorkerCrashedError
+from poolkit._pickling import serialization as serialization
+from poolkit._wire import buffers as _oob
+from poolkit._wire import memfiles as _memfiles
+from poolkit._wire.messages import read_buffer_table
 
 MB = 1 << 20
 
@@ -267,7 +269,7 @@ def test_a_side_socket_that_cannot_be_made_closes_the_pipes_made_before(
 ) -> None:
     import multiprocessing
 
-    from poolkit._transport import WorkerChannel
+    from poolkit._wire.transport import WorkerChannel
 
     def out_of_descriptors(*args: Any) -> Any:
         raise OSError(24, "Too many open files")

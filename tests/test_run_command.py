@@ -17,7 +17,7 @@ import tasks
 from fifo import Gate
 
 import poolkit
-from poolkit import _run_patch
+from poolkit._run import patch as _run_patch
 
 # Names imported at the top, before any pool: the patch must already be in place. The task
 # functions read the module's globals in the worker, where spawn and forkserver re-import
@@ -90,11 +90,11 @@ def _summary(stderr: str) -> tuple[int, int, str, int]:
 
 def _check_program_output(stdout: str) -> None:
     assert "same class True" in stdout
-    assert "type poolkit._run_patch True" in stdout
+    assert "type poolkit._run.patch True" in stdout
     assert "map [0, 1, 4, 9, 16]" in stdout
     assert "submit 49" in stdout
-    assert "worker sees poolkit._run_patch" in stdout, stdout
-    assert "inside worker ('poolkit._run_patch', [0, 1, 4])" in stdout, stdout
+    assert "worker sees poolkit._run.patch" in stdout, stdout
+    assert "inside worker ('poolkit._run.patch', [0, 1, 4])" in stdout, stdout
 
 
 @pytest.mark.smoke
@@ -156,7 +156,7 @@ def test_exit_code_is_the_programs(
     assert "the program started no ProcessPoolExecutor" in proc.stderr
     if "Traceback" in proc.stderr:
         # The traceback starts at the program, as with `python prog.py`.
-        assert "_run_program.py" not in proc.stderr and "runpy" not in proc.stderr, proc.stderr
+        assert "_run/program.py" not in proc.stderr and "runpy" not in proc.stderr, proc.stderr
         assert 'prog.py", line 3, in <module>' in proc.stderr
 
 

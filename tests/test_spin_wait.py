@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from poolkit._messages import frame_header
-from poolkit._spin_wait import SpinWait
-from poolkit._transport import BlockingFrameSource
+from poolkit._wire.messages import frame_header
+from poolkit._wire.transport import BlockingFrameSource
+from poolkit._worker.spin_wait import SpinWait
 
 AN_HOUR = 3600.0
 

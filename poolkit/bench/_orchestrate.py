@@ -12,7 +12,8 @@ import logging
 import time
 from typing import Any, Optional, TypeVar, Union
 
-from .. import _backends
+from poolkit._start_methods import registry as _backends
+
 from ._launch import launch
 from ._machine import LoadCheck, describe, package_version, usable_cpus
 from ._pkbench.catalog import PEER_MODULES, PEERS, WORKLOADS, WORKLOADS_BY_NAME

@@ -1,0 +1,465 @@
+"""The worker process: run the initializer, then run tasks from the inbox until end-of-file.
+
+A worker is deliberately simple and single-minded. It reads one batch of tasks at a time
+from its inbox, runs them in order, and writes one message per task to its outbox. Before a
+task runs, the worker records the task's id in a shared slot the parent can read, so if the
+worker dies the parent knows exactly which task was running and which were merely waiting.
+Out of work, it polls its inbox for a moment before it blocks (``_spin_wait``).
+
+It ignores SIGINT (the parent decides what Ctrl-C means), and it ends by itself when the
+parent dies: idle, it reads end-of-file on its inbox; busy, a watcher thread notices the
+hang-up of the inbox (or that it was re-parented) and exits the process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import signal
+import socket
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any, Callable, NamedTuple, Optional
+
+from poolkit._pickling import serialization as serialization
+from poolkit._pickling.initargs import unpack as unpack_config
+from poolkit._pickling.main_namespace import adopt_main_functions
+from poolkit._wire import buffers as _oob
+from poolkit._wire.messages import (
+    ChunkOutcome,
+    MessageKind,
+    TaskKind,
+    TaskRecord,
+    decode_batch,
+    encode_message,
+)
+from poolkit._wire.transport import BlockingFrameSource, close_inherited_parent_fds
+from poolkit._worker.parent_watch import EXIT_PARENT_GONE, BusyFlag, ParentLink, start_watch
+from poolkit._worker.spin_wait import SpinWait
+
+__all__ = ["EXIT_PARENT_GONE", "WorkerConfig", "worker_main"]
+
+#: Unpickled functions kept for map chunks: at most this many, and this many bytes of
+#: pickles, so large closures that are dropped do not stay alive in every worker.
+_FN_CACHE_SIZE = 64
+_FN_CACHE_BYTES = 8 << 20
+
+
+class WorkerConfig(NamedTuple):
+    """What a worker needs to know at start; pickled by the parent (``_initargs.pack``)."""
+
+    initializer: Optional[Callable[..., Any]]
+    initargs: tuple[Any, ...]
+    max_tasks: Optional[int]
+    max_memory: Optional[int] = None  #: resident bytes after which the worker retires
+
+
+def worker_main(
+    inbox: Connection,
+    outbox: Connection,
+    side: Optional[Connection],
+    running: Any,
+    config_blob: bytes,
+    parent: Optional[ParentLink] = None,
+    carried: tuple[Any, ...] = (),
+) -> None:
+    """Entry point of a worker process (the ``multiprocessing.Process`` target).
+
+    ``side`` is the socket that carries the memory files of large buffers (``_oob``), or
+    None where descriptors cannot be passed. ``parent`` names the pool's parent process,
+    which the worker must not outlive (``_parent_watch``). ``carried``: the
+    ``multiprocessing`` objects of ``initargs``, which ``config_blob`` refers to (``_initargs``).
+    """
+    me = os.getpid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A process group of its own: Ctrl-C in a terminal reaches only the parent, and when the
+    # parent kills this worker it kills the processes a task started along with it.
+    try:
+        os.setpgrp()
+    except OSError:
+        pass
+    close_inherited_parent_fds()
+    state = BusyFlag()
+    if parent is None:
+        parent = ParentLink(os.getppid(), False)
+    start_watch(parent, inbox.fileno(), state)
+    send = outbox.send_bytes
+    side_socket = None
+    if side is not None:
+        side_socket = socket.socket(fileno=os.dup(side.fileno()))
+        side.close()
+
+    try:
+        config: WorkerConfig = unpack_config(config_blob, carried)
+        if config.initializer is not None:
+            adopt_main_functions(config.initializer)(*config.initargs)
+    except BaseException as exc:
+        _end_if_forked(me)
+        send(_describe_failure(MessageKind.INIT_FAILED, 0, exc, 0.0))
+        sys.exit(1)
+    _end_if_forked(me)
+
+    try:
+        send(encode_message(MessageKind.READY, os.getpid(), b""))
+        _name_process()  # cosmetic: done while the parent answers READY with a first task
+        _serve(
+            inbox,
+            send,
+            _PipeIdentity(outbox.fileno()),
+            side_socket,
+            running,
+            state,
+            config.max_tasks,
+            config.max_memory,
+            me,
+        )
+    except (BrokenPipeError, ConnectionError):
+        pass  # the parent is gone; nobody is left to tell
+    except Exception as exc:
+        # Outside any task: the parent can charge it to no task, but it can say why this
+        # worker died. The exception is raised again, so the worker exits with code 1.
+        try:
+            send(_describe_failure(MessageKind.LOOP_FAILED, 0, exc, 0.0))
+        except BaseException:
+            pass  # the parent is gone or the message cannot be built: the exit code remains
+        raise
+
+
+class _PipeIdentity:
+    """What the worker's result pipe is, to tell when a task has replaced or closed it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.identity = self._read()
+
+    def _read(self) -> Optional[tuple[int, int]]:
+        try:
+            st = os.fstat(self.fd)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def intact(self) -> bool:
+        """Whether the descriptor still refers to the pipe the worker was started with."""
+        return self._read() == self.identity
+
+
+def _serve(
+    inbox: Connection,
+    send: Callable[[bytes], None],
+    outbox: _PipeIdentity,
+    side: Optional[socket.socket],
+    running: Any,
+    state: BusyFlag,
+    remaining: Optional[int],
+    max_memory: Optional[int],
+    me: int,
+) -> None:
+    functions: dict[bytes, Callable[..., Any]] = {}
+    frames = BlockingFrameSource(inbox.fileno(), SpinWait(inbox.fileno()))
+    received_count = 0  # tasks received so far: a task's place in the claim ring
+    while True:
+        try:
+            frame = frames.next_frame()
+        except EOFError:
+            return
+        records = decode_batch(frame)
+        if not records:
+            return  # the parent's stop signal (see WorkerChannel.close_inbox)
+        # Every record's memory files are taken off the side socket now, in order, even
+        # those of a task that is then skipped: the next batch's files come after them.
+        received = [
+            None if record.buffers is None else _oob.Received(record.buffers, side)
+            for record in records
+        ]
+        first_seq = received_count
+        received_count += len(records)
+        claimed = _claim_from(running, records, received, first_seq, 0)
+        for index, (record, files) in enumerate(zip(records, received)):
+            if index < claimed:
+                continue  # taken back by the parent (files closed by _claim_from)
+            with state.lock:
+                if state.parent_gone:
+                    return
+                state.busy = True
+            running.value = record.task_id
+            running.started = record.task_id  # kept after the reply: see RunningSlot
+            # Checked after the slot is written: if the parent finds the slot without this
+            # id, the task cannot start later (see _slots.RunningSlot).
+            if running.should_skip(record.task_id):
+                state.busy = False
+                running.value = 0
+                if files is not None:
+                    files.close()
+                claimed = _claim_from(running, records, received, first_seq, index + 1)
+                send(encode_message(MessageKind.SKIPPED, record.task_id, b""))
+                continue
+            try:
+                reply = _run(record, files, functions, side)
+            finally:
+                _end_if_forked(me)
+                if files is not None:
+                    files.close()
+            # Not busy once the task's own code is done: the parent may close the inbox the
+            # moment it reads this reply, and that hang-up must not look like its death.
+            # The slot keeps the id until the reply is written, so a death while writing is
+            # still charged to this task.
+            state.busy = False
+            if not outbox.intact():
+                # The task closed the result pipe or put something else over it (dup2): its
+                # answer would go nowhere, and so would every later one. Ending here, before
+                # the next task is claimed, charges the death to this task alone (the parent
+                # finds it unanswered in the slot's "started"); the tasks behind it are
+                # still pending and run elsewhere.
+                return
+            # The next task is claimed before the reply goes: the parent, reading the reply,
+            # then sees it started (its future is running) without asking.
+            claimed = _claim_from(running, records, received, first_seq, index + 1)
+            send(reply)
+            running.value = 0
+            if max_memory is not None and _resident_bytes() > max_memory:
+                send(encode_message(MessageKind.RETIRING, os.getpid(), b""))
+                return
+            if remaining is not None:
+                remaining -= 1
+                if remaining == 0:
+                    # The parent never sends more than the budget; it started our
+                    # replacement when it sent the last task.
+                    return
+
+
+def _claim_from(
+    running: Any,
+    records: list[TaskRecord],
+    received: list[Optional[_oob.Received]],
+    first_seq: int,
+    start: int,
+) -> int:
+    """Claim the first task from ``records[start]`` on that the parent has not taken back
+    (``_slots.RunningSlot.claim``); return its index (``len(records)``: none is left).
+
+    The tasks passed over were taken back: their memory files are closed here.
+    """
+    for index in range(start, len(records)):
+        if running.claim(first_seq + index, records[index].task_id):
+            return index
+        files = received[index]
+        if files is not None:
+            files.close()
+    return len(records)
+
+
+def _run(
+    record: TaskRecord,
+    files: Optional[_oob.Received],
+    functions: dict[bytes, Callable[..., Any]],
+    side: Optional[socket.socket],
+) -> bytes:
+    started = time.perf_counter()
+    try:
+        fn = _load_function(record.fn_blob, functions)
+        buffers = None if files is None else files.take_buffers()
+        arguments = serialization.loads(record.args_blob, buffers)
+        del buffers  # the arguments own the mappings now
+    except BaseException as exc:
+        from poolkit._errors import DeserializationError  # rare: not imported by every worker
+
+        error = DeserializationError(
+            f"the task could not be unpickled in worker {os.getpid()}: {type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return _describe_failure(MessageKind.ERROR, record.task_id, error, 0.0)
+    try:
+        value = _call(fn, record.kind, arguments, started)
+    except BaseException as exc:
+        return _describe_failure(
+            MessageKind.ERROR, record.task_id, exc, time.perf_counter() - started
+        )
+    del arguments  # only the result may still refer to the task's memory files
+    duration = time.perf_counter() - started
+    # A plain value (None, a number, a string) has no buffer to look for.
+    may_have_buffers = side is not None and not serialization.plain_items((value,))
+    out_of_band: Optional[list[pickle.PickleBuffer]] = [] if may_have_buffers else None
+    try:
+        payload = serialization.dumps(value, out_of_band)
+    except BaseException as exc:
+        salvaged = _salvage_chunk(value) if isinstance(value, ChunkOutcome) else None
+        if salvaged is not None:
+            return encode_message(MessageKind.RESULT, record.task_id, salvaged, duration=duration)
+        # The pickler's own exception, as the stdlib pool reports it, plus where it happened.
+        _add_note(exc, f"(raised while pickling the result of the task, {_short_repr(value)})")
+        return _describe_failure(MessageKind.ERROR, record.task_id, exc, duration)
+    if not out_of_band:
+        return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
+    assert side is not None
+    count = len(out_of_band)
+    try:
+        outgoing = _oob.Outgoing(out_of_band, files)
+    except OSError:  # no memory file could be made: the pickle carries the buffers
+        payload = serialization.dumps(value)
+        return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
+    # Dropped before the buffers are sent: a buffer that lies in a file this task received
+    # goes back in that file only if nothing in the worker refers to it any more.
+    del value
+    try:
+        table = tuple(outgoing.send(side))
+    finally:
+        outgoing.close()
+    return encode_message(
+        MessageKind.RESULT, record.task_id, payload, duration=duration, buffers=count, table=table
+    )
+
+
+def _call(fn: Callable[..., Any], kind: TaskKind, arguments: Any, started: float) -> Any:
+    """Run the task's code: one call, or a chunk of calls."""
+    if kind is TaskKind.CALL:
+        args, kwargs = arguments
+        return fn(*args, **kwargs)
+    return _run_chunk(fn, arguments, started, kind is TaskKind.CHUNK)
+
+
+def _run_chunk(
+    fn: Callable[..., Any], chunk: list[Any], started: float, star: bool = True
+) -> ChunkOutcome:
+    """Call ``fn(*args)`` (``fn(arg)`` if not ``star``) for each item; stop at the first item
+    that raises (see map)."""
+    results: list[Any] = []
+    try:
+        # The loop runs in C. When an item raises, list.extend keeps the results appended
+        # before it, so their count is the failing item's index.
+        results.extend(itertools.starmap(fn, chunk) if star else map(fn, chunk))
+    except BaseException as exc:
+        index = len(results)
+        failing = chunk[index]
+        return ChunkOutcome(
+            results,
+            time.perf_counter() - started,
+            index,
+            _pickle_exception(exc),
+            serialization.format_exception(exc),
+            _arguments_repr(failing) if star else _short_repr(failing),
+        )
+    return ChunkOutcome(results, time.perf_counter() - started)
+
+
+def _arguments_repr(args: Any) -> str:
+    """``1, 'a'`` for the argument tuple ``(1, 'a')``: how an item reads in an error note."""
+    if not isinstance(args, tuple):
+        return _short_repr(args)
+    text = ", ".join(_short_repr(arg, 80) for arg in args)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _salvage_chunk(outcome: ChunkOutcome) -> Optional[bytes]:
+    """A chunk whose results cannot all be pickled: fail it at the first such result.
+
+    Returns the pickled outcome (results before that item, then the pickler's error as that
+    item's exception), or None if even that cannot be pickled.
+    """
+    for index, result in enumerate(outcome.results):
+        try:
+            serialization.dumps(result)
+        except BaseException as exc:
+            _add_note(exc, f"(raised while pickling the result, {_short_repr(result)})")
+            salvaged = ChunkOutcome(
+                outcome.results[:index],
+                outcome.seconds,
+                index,
+                _pickle_exception(exc),
+                serialization.format_exception(exc),
+            )
+            try:
+                return serialization.dumps(salvaged)
+            except BaseException:
+                return None
+    return None
+
+
+def _load_function(blob: Any, functions: dict[bytes, Callable[..., Any]]) -> Callable[..., Any]:
+    # map() ships the same pickled function with every chunk: unpickle it once.
+    key = bytes(blob)
+    fn = functions.get(key)
+    if fn is None:
+        loaded: Callable[..., Any] = adopt_main_functions(serialization.loads(key))
+        fn = loaded
+        if len(key) > _FN_CACHE_BYTES // 4:
+            return loaded  # a large closure: kept only while its task runs
+        if len(functions) >= _FN_CACHE_SIZE or _cached_bytes(functions) + len(key) > (
+            _FN_CACHE_BYTES
+        ):
+            functions.clear()
+        functions[key] = fn
+    return fn
+
+
+def _cached_bytes(functions: dict[bytes, Callable[..., Any]]) -> int:
+    return sum(map(len, functions))
+
+
+def _end_if_forked(me: int) -> None:
+    """In a process a task forked that returned into this loop: end it, silently.
+
+    It holds copies of the worker's pipes; left to go on, it would answer for the worker
+    and take the worker's tasks. Only the worker itself reads and writes them.
+    """
+    if os.getpid() != me:
+        os._exit(0)
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    add_note = getattr(exc, "add_note", None)  # Python 3.11+
+    if add_note is not None:
+        add_note(note)
+
+
+def _describe_failure(
+    kind: MessageKind, task_id: int, exc: BaseException, duration: float
+) -> bytes:
+    """Encode an exception with its traceback; never raises."""
+    tb = serialization.format_exception(exc)
+    payload = _pickle_exception(exc)
+    return encode_message(kind, task_id, payload, duration=duration, traceback=tb)
+
+
+def _pickle_exception(exc: BaseException) -> bytes:
+    """``exc`` pickled, or a ``PicklingError`` that describes it if it cannot travel."""
+    try:
+        payload = serialization.dumps(exc)
+        serialization.loads(payload)  # an exception that cannot be rebuilt is no use to send
+    except BaseException as pickle_exc:
+        substitute = pickle.PicklingError(
+            f"the task raised {type(exc).__qualname__}: {_short_repr(exc)}, "
+            f"which could not be sent to the parent: {type(pickle_exc).__name__}: {pickle_exc}"
+        )
+        payload = serialization.dumps(substitute)
+    return payload
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _short_repr(value: object, limit: int = 200) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__qualname__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _name_process() -> None:
+    # Shows as "poolkit-worker" in ps/top; best effort, Linux only.
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write("poolkit-worker")
+    except OSError:
+        pass
