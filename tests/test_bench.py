@@ -5,7 +5,6 @@ Fast runs only (``--quick``, one start method, a few workloads); no test asserts
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,8 +16,9 @@ from typing import Any
 import pytest
 
 import poolkit.bench
+from benchmarks import goals
 from poolkit.__main__ import main
-from poolkit.bench import BenchResult, _goals, _plot
+from poolkit.bench import BenchResult, _plot
 from poolkit.bench._launch import launch
 from poolkit.bench._orchestrate import resolve_peers
 from poolkit.bench._pkbench.catalog import WORKLOADS
@@ -323,7 +323,7 @@ def verdicts(result: BenchResult) -> dict[tuple[str, str, str, str], tuple[str, 
     """(workload, metric, against, method) -> (verdict, reference) for every target."""
     return {
         (c.goal.workload, c.goal.metric, c.goal.against, c.method): (c.verdict, c.reference)
-        for c in _goals.evaluate(result)
+        for c in goals.evaluate(result)
     }
 
 
@@ -351,7 +351,7 @@ def test_targets_pass_and_miss_from_the_runs_own_numbers() -> None:
         ("memory", "total_mib", "fork", "stdlib"): 50.0,
     })  # fmt: skip
     found = verdicts(result)
-    best = _goals.BEST_PEER
+    best = goals.BEST_PEER
     assert found["latency", "median_us", "stdlib", "fork"] == ("PASS", "stdlib")
     assert found["latency", "median_us", best, "fork"] == ("MISS", "mppool")
     assert found["burst", "rate", "stdlib", "fork"] == ("PASS", "stdlib")
@@ -364,7 +364,7 @@ def test_targets_pass_and_miss_from_the_runs_own_numbers() -> None:
     assert {v for (_, _, _, m), (v, _) in found.items() if m == "spawn"} == {"n/a"}
     # Only the targets of the workloads the run measured are listed.
     assert {key[0] for key in found} == {"latency", "burst", "mapdefault", "cold", "memory"}
-    summary = _goals.summary(result, _goals.evaluate(result))
+    summary = goals.summary(result, goals.evaluate(result))
     assert summary.startswith("targets met: 3 of 16 (fork 3/8, spawn 0/8)")
     assert "8 could not be computed" in summary
 
@@ -382,16 +382,16 @@ def test_targets_best_peer_and_missing_references() -> None:
         impls=("poolkit", "stdlib", "loky", "dask"),  # no floor; dask is poolkit, not a peer
     )
     result.cells["cpu", "speedup", "fork", "stdlib"] = Cell(note="the pool hung")
-    checks = {(c.goal.workload, c.goal.against): c for c in _goals.evaluate(result)}
-    best = checks["burst", _goals.BEST_PEER]
+    checks = {(c.goal.workload, c.goal.against): c for c in goals.evaluate(result)}
+    best = checks["burst", goals.BEST_PEER]
     assert (best.verdict, best.reference) == ("PASS", "loky")
     assert best.ratio == pytest.approx(30000 / 14000)
-    assert _goals.cell_text(best) == "2.14x PASS (vs loky)"
+    assert goals.cell_text(best) == "2.14x PASS (vs loky)"
     respawn = checks["respawn", "floor"]
     assert respawn.verdict == "n/a" and respawn.note == "floor not measured"
     cpu = checks["cpu", "stdlib"]
     assert cpu.verdict == "n/a" and cpu.note == "stdlib PPE: the pool hung"
-    assert _goals.cell_text(cpu) == "n/a (stdlib PPE: the pool hung)"
+    assert goals.cell_text(cpu) == "n/a (stdlib PPE: the pool hung)"
 
 
 def test_target_ratio_shows_enough_digits_for_its_verdict() -> None:
@@ -403,14 +403,14 @@ def test_target_ratio_shows_enough_digits_for_its_verdict() -> None:
         methods=("fork",),
         impls=("poolkit", "stdlib"),
     )
-    (check, best) = _goals.evaluate(result)
-    assert check.verdict == "MISS" and _goals.cell_text(check) == "0.3004x MISS"
+    (check, best) = goals.evaluate(result)
+    assert check.verdict == "MISS" and goals.cell_text(check) == "0.3004x MISS"
     # Against the best peer's 0.5 bound, two digits leave no doubt.
-    assert _goals.cell_text(best) == "0.30x PASS (vs stdlib PPE)"
-    text = _goals.render_markdown(result, [check, best])
+    assert goals.cell_text(best) == "0.30x PASS (vs stdlib PPE)"
+    text = goals.render_markdown(result, [check, best])
     assert "| latency submit(noop).result(), median | <= 0.3x stdlib PPE | 0.3004x MISS |" in text
     assert "**0.30x PASS (vs stdlib PPE)**" in text
-    assert "<= 0.5x best peer" in _goals.render_text(result, [check, best])
+    assert "<= 0.5x best peer" in goals.render_text(result, [check, best])
     assert best.to_dict()["direction"] == "<=" and best.to_dict()["reference"] == "stdlib"
 
 
@@ -420,12 +420,9 @@ def test_target_ratio_shows_enough_digits_for_its_verdict() -> None:
 @pytest.fixture(scope="module")
 def suite() -> ModuleType:
     """``benchmarks/run.py``, imported as a module."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_run", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import run
+
+    return run
 
 
 def test_compare_flags_slowdowns_of_new_workloads(suite: ModuleType) -> None:
