@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
-from poolkit.bench._pkbench.catalog import WORKLOADS_BY_NAME
 from poolkit.bench._result import BenchResult, impl_title, metric_of
+from poolkit_bench_runner.catalog import WORKLOADS_BY_NAME
 
 #: ``Goal.against``: the best of the peers measured in the run (the peer with the best median).
 BEST_PEER = "best peer"

@@ -74,7 +74,7 @@ from poolkit._wire.messages import (
     encode_message,
 )
 from poolkit._worker import main as _worker
-from poolkit.bench._pkbench.tasks import noop
+from poolkit_bench_runner.tasks import noop
 
 clock = time.perf_counter_ns
 METHODS = ("fork", "spawn", "forkserver")

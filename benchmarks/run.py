@@ -56,8 +56,9 @@ How the numbers are taken (`poolkit.bench`):
   is built and every worker has run a task before the clock starts;
 - task functions live in a tiny standard-library module, so no pool pays for another's imports;
 - every package loads from compiled bytecode, as pip installs it: a source checkout of poolkit
-  is compiled first (`compileall`), or with `PYTHONDONTWRITEBYTECODE` set each measured process
-  and each spawned worker would compile it from source again.
+  is compiled first (only the files without current bytecode), or with
+  `PYTHONDONTWRITEBYTECODE` set each measured process and each spawned worker would compile it
+  from source again.
 
 Floors: *cold start* and *respawn* use bare `multiprocessing.Process` objects of the same start
 method; *latency* uses a `multiprocessing` Connection echoing a pickled tuple (and, in its own

@@ -5,6 +5,7 @@ Fast runs only (``--quick``, one start method, a few workloads); no test asserts
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -19,12 +20,12 @@ import poolkit.bench
 from benchmarks import goals
 from poolkit.__main__ import main
 from poolkit.bench import BenchResult, _plot
-from poolkit.bench._launch import launch
+from poolkit.bench._launch import compile_stale, launch, stale_sources
 from poolkit.bench._orchestrate import resolve_peers
-from poolkit.bench._pkbench.catalog import WORKLOADS
 from poolkit.bench._result import Cell
 from poolkit.bench._stats import format_value, summarize
 from poolkit.bench._target import default_chunksizes, normalize_args
+from poolkit_bench_runner.catalog import WORKLOADS, WORKLOADS_BY_NAME
 
 FAST = "fork" if "fork" in poolkit.start_methods() else poolkit.start_methods()[0]
 
@@ -102,6 +103,61 @@ def test_api_result_object_rows_html_and_round_trip() -> None:
     assert "<table>" in result._repr_html_()
     again = BenchResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again.rows() == rows
+
+
+def test_the_runner_measuring_a_peer_never_imports_poolkit(tmp_path: Path) -> None:
+    # The runner as the parent starts it (``python -c``, a fresh interpreter, the spec on
+    # stdin), from a directory holding nothing, so poolkit could only come from an import.
+    code = (
+        "import json, sys\n"
+        "from poolkit_bench_runner.main import dispatch\n"
+        "result = dispatch(json.loads(sys.stdin.read()))\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'poolkit')\n"
+        "print(json.dumps({'ok': result['ok'], 'poolkit_modules': loaded}))\n"
+    )
+    spec = {
+        "workload": "latency",
+        "impl": "stdlib",
+        "method": FAST,
+        "workers": 1,
+        "params": WORKLOADS_BY_NAME["latency"].parameters(quick=True),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=50,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"ok": True, "poolkit_modules": []}
+
+
+def test_bytecode_is_written_only_where_it_is_missing_or_stale(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "mod.py").write_text("VALUE = 1\n")
+    assert len(stale_sources(str(package))) == 2
+    assert len(compile_stale(str(package))) == 2
+    assert stale_sources(str(package)) == []
+    cached = Path(importlib.util.cache_from_source(str(package / "sub" / "mod.py")))
+    written = cached.stat().st_mtime_ns
+    # Current bytecode (as pip leaves an installed copy): nothing is compiled or written,
+    # even where nothing could be.
+    for folder in (package, package / "sub", cached.parent):
+        folder.chmod(0o555)
+    try:
+        assert compile_stale(str(package)) == []
+    finally:
+        for folder in (package, package / "sub", cached.parent):
+            folder.chmod(0o755)
+    assert cached.stat().st_mtime_ns == written
+    # A changed source is stale again, and only it is compiled.
+    (package / "sub" / "mod.py").write_text("VALUE = 22\n")
+    assert compile_stale(str(package)) == [str(package / "sub" / "mod.py")]
 
 
 def test_target_reports_the_fastest_combination(

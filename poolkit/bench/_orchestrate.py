@@ -13,10 +13,10 @@ import time
 from typing import Any, Optional, TypeVar, Union
 
 from poolkit._start_methods import registry as _backends
+from poolkit_bench_runner.catalog import PEER_MODULES, PEERS, WORKLOADS, WORKLOADS_BY_NAME
 
 from ._launch import launch
 from ._machine import LoadCheck, describe, package_version, usable_cpus
-from ._pkbench.catalog import PEER_MODULES, PEERS, WORKLOADS, WORKLOADS_BY_NAME
 from ._progress import Eta, Progress, progress_printer
 from ._result import BenchResult, Cell, impl_title
 from ._stats import summarize

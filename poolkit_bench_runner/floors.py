@@ -15,8 +15,8 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Union
 
-from . import tasks
-from .workloads import Values, memory_values, percentile
+from poolkit_bench_runner import tasks
+from poolkit_bench_runner.workloads import Values, memory_values, percentile
 
 _ECHO_STOP = b"stop"
 
