@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import inspect
 import signal
-import sys
-import threading
-import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, overload
 
-from poolkit._executor_base import TaskFrontend, default_workers, mark_interpreter_exiting
+from poolkit import _lifecycle as lifecycle
+from poolkit._executor_base import TaskFrontend
 from poolkit._options import UNSET, TaskOptions, check_bytes, check_priority, check_seconds
 from poolkit._pickling import initargs as initargs_pickling
 from poolkit._pool import completion as completion
 from poolkit._pool.dispatcher import Dispatcher
-from poolkit._pool.tasks import TaskState, abandon_futures
+from poolkit._pool.tasks import TaskState
 from poolkit._wire.buffers import AVAILABLE as oob_available
 from poolkit._worker.main import WorkerConfig
 
@@ -29,31 +27,17 @@ T = TypeVar("T")
 #: After Ctrl-C, how long to wait for the killed workers to be reaped.
 EXIT_JOIN_SECONDS = 10.0
 
-_live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
-_live_lock = threading.Lock()
 
-
-def _at_interpreter_exit() -> None:
-    # Runs before the interpreter joins non-daemon threads (as the stdlib pool does): every
-    # executor still open finishes its queued work, then its workers stop.
-    mark_interpreter_exiting()
-    with _live_lock:
-        dispatchers = list(_live_dispatchers)
-    # Exiting because of an unhandled Ctrl-C: stop now instead of finishing the queue.
-    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+def _stop_at_exit(dispatcher: Dispatcher, interrupted: bool) -> None:
+    """The interpreter is exiting (see ``_lifecycle``): finish the queue, or stop now."""
     if interrupted:
-        abandon_futures()
-    for dispatcher in dispatchers:
-        if interrupted:
-            dispatcher.force_stop(signal.SIGKILL)
-        else:
-            dispatcher.request_stop()
-    for dispatcher in dispatchers:
-        dispatcher.join()
+        dispatcher.force_stop(signal.SIGKILL)
+    else:
+        dispatcher.request_stop()
 
 
-if hasattr(threading, "_register_atexit"):
-    threading._register_atexit(_at_interpreter_exit)
+def _join_at_exit(dispatcher: Dispatcher) -> None:
+    dispatcher.join()
 
 
 class _ConstructorSignature:
@@ -123,6 +107,9 @@ class Executor(TaskFrontend):
         ImportError: ``backend="dask"`` without dask.distributed installed.
     """
 
+    # help(), pydoc and reprs name the class where users import it from.
+    __module__ = "poolkit"
+
     #: What ``inspect.signature(Executor)``, ``help()`` and IDEs show: the parameters of
     #: ``__init__``, which ``__new__`` (with its ``*args, **kwargs``) would hide.
     __signature__ = _ConstructorSignature()
@@ -190,12 +177,7 @@ class Executor(TaskFrontend):
         if address is not None or client is not None:
             given = "address" if address is not None else "client"
             raise ValueError(f"{given}= names a dask cluster: it needs backend='dask'")
-        if max_workers is None:
-            max_workers = default_workers()
-        elif not isinstance(max_workers, int) or isinstance(max_workers, bool):
-            raise TypeError(f"max_workers must be an int, got {type(max_workers).__name__}")
-        elif max_workers <= 0:
-            raise ValueError(f"max_workers must be greater than 0, got {max_workers}")
+        max_workers = lifecycle.check_max_workers(max_workers) or lifecycle.default_workers()
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         try:
@@ -218,8 +200,7 @@ class Executor(TaskFrontend):
         self._start_method = method.name
         self._dispatcher = Dispatcher(method, max_workers, packed.blob, max_tasks_per_child)
         self._dispatcher.start(self)
-        with _live_lock:
-            _live_dispatchers.add(self._dispatcher)
+        lifecycle.track(self._dispatcher, _stop_at_exit, _join_at_exit)
 
     @property
     def start_method(self) -> str:
@@ -354,9 +335,7 @@ class Executor(TaskFrontend):
         return False
 
     def __repr__(self) -> str:
-        state = (
-            "shut down" if self._shutdown else ("broken" if self._dispatcher.broken else "running")
-        )
+        state = lifecycle.state_name(self._shutdown, self._dispatcher.broken)
         return (
             f"<poolkit.Executor {state}, max_workers={self._max_workers}, "
             f"start_method={self._start_method!r}>"

@@ -9,7 +9,6 @@ by-reference function pickles, the shutdown and broken checks, and ``map``/``sta
 from __future__ import annotations
 
 import itertools
-import os
 import pickle
 import threading
 import weakref
@@ -20,6 +19,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from poolkit._errors import BrokenProcessPool
 from poolkit._futures import new_future
+from poolkit._lifecycle import interpreter_exiting
 from poolkit._map import driver as _map
 from poolkit._map.driver import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
 from poolkit._pickling import serialization as serialization
@@ -32,7 +32,6 @@ from poolkit._wire.messages import TaskKind, encode_task
 
 T = TypeVar("T")
 
-_interpreter_exiting = False
 #: The arguments blob of a call without arguments, pickled once.
 _NO_ARGUMENTS = serialization.dumps(((), {}))
 
@@ -41,20 +40,6 @@ def _plain_values(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """True if every argument is of a plain type: no buffer to look for when pickling."""
     plain = serialization.plain_items
     return plain(args) and (not kwargs or plain(kwargs.values()))
-
-
-def mark_interpreter_exiting() -> None:
-    """From the interpreter-exit hooks: refuse new tasks from now on."""
-    global _interpreter_exiting
-    _interpreter_exiting = True
-
-
-def default_workers() -> int:
-    """The number of CPUs this process may use."""
-    count: Optional[int] = getattr(os, "process_cpu_count", lambda: None)()
-    if count is None and hasattr(os, "sched_getaffinity"):
-        count = len(os.sched_getaffinity(0))
-    return count or os.cpu_count() or 1
 
 
 class TaskFrontend(futures.Executor):
@@ -142,7 +127,7 @@ class TaskFrontend(futures.Executor):
             raise BrokenProcessPool(str(broken)) from broken.__cause__
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if _interpreter_exiting:
+        if interpreter_exiting():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def _enqueue(self, task: TaskState, defaults: bool = True) -> None:
