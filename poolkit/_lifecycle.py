@@ -13,6 +13,7 @@ default, and the state a ``repr`` shows.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
@@ -20,6 +21,8 @@ import weakref
 from typing import Any, Callable, Optional, TypeVar
 
 from poolkit._pool.tasks import abandon_futures
+
+logger = logging.getLogger(__name__)
 
 P = TypeVar("P")
 
@@ -66,10 +69,18 @@ def _at_interpreter_exit() -> None:
     interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     if interrupted:
         abandon_futures()
+    # An exception escaping this hook would also skip the interpreter's joining of threads:
+    # one pool that fails to stop must not leave the others (and their workers) running.
     for pool, (stop, _) in pools:
-        stop(pool, interrupted)
+        try:
+            stop(pool, interrupted)
+        except Exception:
+            logger.exception("stopping %r at interpreter exit failed", pool)
     for pool, (_, wait) in pools:
-        wait(pool)
+        try:
+            wait(pool)
+        except Exception:
+            logger.exception("waiting for %r at interpreter exit failed", pool)
 
 
 def install_exit_hook() -> bool:

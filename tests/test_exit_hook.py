@@ -74,6 +74,26 @@ def test_after_an_unhandled_ctrl_c_the_hook_abandons_futures_and_says_so(
 
 
 @pytest.mark.usefixtures("fresh_registry")
+def test_a_pool_that_fails_to_stop_does_not_keep_the_others_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[tuple[str, Any]] = []
+
+    def fail_to_stop(pool: _Pool, interrupted: bool) -> None:
+        raise OSError("cannot stop")
+
+    def fail_to_wait(pool: _Pool) -> None:
+        raise OSError("cannot wait")
+
+    broken, working = _Pool("broken", log), _Pool("working", log)
+    lifecycle.track(broken, fail_to_stop, fail_to_wait)
+    lifecycle.track(working, _stop, _wait)
+    lifecycle._at_interpreter_exit()
+    assert log == [("stop", "working", False), ("wait", "working")]
+    assert "cannot stop" in caplog.text and "cannot wait" in caplog.text
+
+
+@pytest.mark.usefixtures("fresh_registry")
 def test_pools_are_tracked_weakly_and_can_leave() -> None:
     log: list[tuple[str, Any]] = []
     dropped, ended, kept = _Pool("dropped", log), _Pool("ended", log), _Pool("kept", log)
