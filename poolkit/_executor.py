@@ -7,11 +7,11 @@ import signal
 from collections.abc import Iterable
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, Union, overload
 
 from poolkit import _lifecycle as lifecycle
 from poolkit._executor_base import TaskFrontend
-from poolkit._options import UNSET, TaskOptions, check_bytes, check_priority, check_seconds
+from poolkit._options import DEFAULT, Default, check_bytes, check_priority, check_seconds
 from poolkit._pickling import initargs as initargs_pickling
 from poolkit._pool import completion as completion
 from poolkit._pool.dispatcher import Dispatcher
@@ -21,6 +21,7 @@ from poolkit._worker.main import WorkerConfig
 
 if TYPE_CHECKING:
     from poolkit._dask.executor import DaskExecutor
+    from poolkit._map.host import MapHost
 
 T = TypeVar("T")
 
@@ -221,9 +222,11 @@ class Executor(TaskFrontend):
             RuntimeError: the executor was shut down (or the interpreter is exiting).
             BrokenProcessPool: the pool is broken (for instance, the initializer failed).
         """
-        return self._submit(fn, args, kwargs, timeout=UNSET)
+        return self._submit(fn, args, kwargs, timeout=DEFAULT)
 
-    def with_options(self, *, timeout: Optional[float] = UNSET, priority: int = 0) -> TaskOptions:
+    def with_options(
+        self, *, timeout: Union[float, Default, None] = DEFAULT, priority: int = 0
+    ) -> TaskOptions:
         """Options for the tasks submitted through the returned object.
 
         ``ex.with_options(timeout=2).submit(fn, x)`` runs ``fn(x)`` with a 2-second limit
@@ -237,7 +240,7 @@ class Executor(TaskFrontend):
             TypeError, ValueError: ``timeout`` is not None or a positive number, or
                 ``priority`` is not an int.
         """
-        if timeout is not UNSET:
+        if timeout is not DEFAULT:
             timeout = check_seconds("timeout", timeout)
         return TaskOptions(self, timeout, check_priority(priority))
 
@@ -247,14 +250,14 @@ class Executor(TaskFrontend):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
-        timeout: Optional[float],
+        timeout: Union[float, Default, None],
         priority: int = 0,
     ) -> Future[T]:
         future, task = self._call_task(fn, args, kwargs)
         if task is not None:
-            task.timeout = self._task_timeout if timeout is UNSET else timeout
+            task.timeout = self._task_timeout if timeout is DEFAULT else timeout
             task.priority = priority
-            self._enqueue(task, defaults=False)
+            self._enqueue(task)
         return future
 
     def stop(self, future: Future[Any]) -> None:
@@ -278,7 +281,7 @@ class Executor(TaskFrontend):
     def _deliver(self, task: TaskState) -> None:
         self._dispatcher.submit(task)
 
-    def _apply_defaults(self, task: TaskState) -> None:
+    def _apply_chunk_defaults(self, task: TaskState) -> None:
         # A map chunk of n items may run n times as long as one item.
         if task.timeout is None and self._task_timeout is not None:
             task.timeout = self._task_timeout * task.items
@@ -339,4 +342,31 @@ class Executor(TaskFrontend):
         return (
             f"<poolkit.Executor {state}, max_workers={self._max_workers}, "
             f"start_method={self._start_method!r}>"
+        )
+
+
+if TYPE_CHECKING:
+    _runs_maps: type[MapHost] = Executor  # map's contract: checked by mypy
+
+
+class TaskOptions:
+    """Submits tasks to an executor with options of their own; see ``Executor.with_options``."""
+
+    def __init__(
+        self, executor: Executor, timeout: Union[float, Default, None], priority: int = 0
+    ) -> None:
+        self._executor = executor
+        self._timeout = timeout
+        self._priority = priority
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Like ``Executor.submit``, with these options."""
+        return self._executor._submit(
+            fn, args, kwargs, timeout=self._timeout, priority=self._priority
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<poolkit task options timeout={self._timeout!r} priority={self._priority!r} "
+            f"for {self._executor!r}>"
         )

@@ -21,7 +21,8 @@ from poolkit._errors import BrokenProcessPool
 from poolkit._futures import new_future
 from poolkit._lifecycle import interpreter_exiting
 from poolkit._map import driver as _map
-from poolkit._map.driver import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
+from poolkit._map.driver import BuffersizeArg, ChunksizeArg, MapRun, ProgressArg
+from poolkit._options import DEFAULT
 from poolkit._pickling import serialization as serialization
 from poolkit._pickling.function_cache import FunctionBlobs
 from poolkit._pickling.function_snapshot import Snapshot
@@ -57,7 +58,7 @@ class TaskFrontend(futures.Executor):
         self._shutdown = False
         self._task_ids = itertools.count(1)
         self._function_blobs = FunctionBlobs()  # holds no function alive
-        self._live_maps: weakref.WeakSet[Any] = weakref.WeakSet()  # maps still reading input
+        self._live_maps: weakref.WeakSet[MapRun] = weakref.WeakSet()  # maps still reading input
 
     # ------------------------------------------------------- for subclasses
 
@@ -69,8 +70,8 @@ class TaskFrontend(futures.Executor):
         """Hand a checked task to the backend (called with the shutdown lock held)."""
         raise NotImplementedError
 
-    def _apply_defaults(self, task: TaskState) -> None:
-        """Fill in executor-wide task options (a map chunk's time limit, ...)."""
+    def _apply_chunk_defaults(self, task: TaskState) -> None:
+        """Fill in executor-wide options of a map chunk's task (its time limit, ...)."""
 
     # ----------------------------------------------------------------- common
 
@@ -130,12 +131,16 @@ class TaskFrontend(futures.Executor):
         if interpreter_exiting():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def _enqueue(self, task: TaskState, defaults: bool = True) -> None:
-        if defaults:
-            self._apply_defaults(task)
+    def _enqueue(self, task: TaskState) -> None:
+        """Queue a task whose options are set; raises as ``_check_open`` does."""
         with self._shutdown_lock:
             self._check_open()
             self._deliver(task)
+
+    def _enqueue_chunk(self, task: TaskState) -> None:
+        """Queue a map chunk's task, with the executor's defaults for chunks."""
+        self._apply_chunk_defaults(task)
+        self._enqueue(task)
 
     def _function_blob(self, fn: Callable[..., Any]) -> bytes:
         # A module-level function pickles to a short reference that never changes: pickle it
@@ -162,12 +167,12 @@ class TaskFrontend(futures.Executor):
             self._function_blobs.put(fn, *entry)
         return blob
 
-    def _register_map(self, run: Any) -> None:
+    def _register_map(self, run: MapRun) -> None:
         self._live_maps.add(run)
 
     def _finish_maps(self) -> None:
         # Lazy maps over sized inputs submit their remaining input before shutdown (see
-        # _map._MapRun.finish_input): results read after the `with` block still come.
+        # MapRun.finish_input): results read after the `with` block still come.
         for run in list(self._live_maps):
             run.finish_input()
 

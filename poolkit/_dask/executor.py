@@ -17,8 +17,8 @@ submitted under a unique key with ``pure=False``, and run on the worker by
 :func:`poolkit._dask.runner.run_task`, which is the local worker's own code. Results,
 exceptions (with the worker's traceback as a :class:`~poolkit.RemoteTraceback` cause) and
 pickling failures therefore come back exactly as on the local backends, and ``map`` is the
-local implementation (``poolkit._map.driver``), which drives this class through ``_check_open``,
-``_function_blob``, ``_task_ids``, ``_enqueue`` and ``max_workers``.
+local implementation (``poolkit._map.driver``), which drives this class through the members
+of :class:`poolkit._map.host.MapHost`.
 
 Faults (see docs/distributed.md):
 
@@ -48,7 +48,7 @@ import threading
 import uuid
 import weakref
 from concurrent.futures import Future
-from typing import Any, Callable, Literal, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar
 
 from poolkit import _lifecycle as lifecycle
 from poolkit._dask.runner import run_task
@@ -58,6 +58,9 @@ from poolkit._executor_base import TaskFrontend
 from poolkit._pool.tasks import TaskFuture, TaskState, fail, resolve
 from poolkit._thread_signals import leave_signals_to_other_threads
 from poolkit._wire.messages import decode_message
+
+if TYPE_CHECKING:
+    from poolkit._map.host import MapHost
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +310,10 @@ class DaskExecutor(TaskFrontend):
             f"<poolkit.Executor {state}, backend='dask', address={self.address!r}, "
             f"max_workers={self._max_workers}>"
         )
+
+
+if TYPE_CHECKING:
+    _runs_maps: type[MapHost] = DaskExecutor  # map's contract: checked by mypy
 
 
 def _reject_local_options(args: tuple[Any, ...], options: dict[str, Any]) -> None:
