@@ -75,6 +75,7 @@ from poolkit._pool.claims import (
 )
 from poolkit._pool.halting import TaskDeadlines, halt_task, kill_group, stopped_error, timeout_error
 from poolkit._pool.pending import PendingQueue
+from poolkit._pool.state import PoolState
 from poolkit._pool.stopping import GraceClock
 from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, fail, rebuild_exception, resolve
 from poolkit._pool.worker_handle import UNSTARTED_DEATH_LIMIT, StartupFailures, WorkerHandle, reap
@@ -146,22 +147,22 @@ class Dispatcher:
         self._thread: Optional[threading.Thread] = None
         self._inherited_mask: AbstractSet[int] = frozenset()  # the signal mask _run started with
         # Requests from other threads; read by the dispatcher thread after a wakeup.
-        self._stop_requested = False
+        self._shutdown_requested = False  # shutdown() or a force: finish, then stop
         self._force_signal: Optional[signal.Signals] = None
         self._force_done = threading.Event()
         self._cancelled_waiting = False  # cancel_pending() left cancelled tasks in the queue
-        # Dispatcher-thread state.
-        self._stopping = False  # inboxes closed, or workers signalled: no more assignments
-        self._forced_by: Optional[str] = None
-        self.broken: Optional[BaseException] = None  # why the pool cannot go on
+        #: Futures whose running task ``Executor.stop()`` asked to halt (any thread appends).
+        self._halt_requests: collections.deque[Future[Any]] = collections.deque()
+        # Dispatcher-thread state, changed under ``_lock`` (see ``_pool.state``).
+        self._state = PoolState.RUNNING
+        self._forced_by: Optional[str] = None  # the call that forced the pool (FORCED)
+        self.broken: Optional[BaseException] = None  # why the pool cannot go on (BROKEN)
         self._grace = GraceClock()
         self._task_seconds: Optional[float] = None  # moving average of task run time
         self._startup_failures = StartupFailures()
         self._deadlines = TaskDeadlines()  # of the running tasks with a time limit
         #: pid -> when a worker whose result pipe hung up unasked counts as cut off from it.
         self._hung_up: dict[int, float] = {}
-        #: Futures whose running task the caller asked to stop (any thread appends).
-        self._stop_requests: collections.deque[Future[Any]] = collections.deque()
 
     # ------------------------------------------------------------------ caller side
 
@@ -172,10 +173,7 @@ class Dispatcher:
                 self._start_worker()
             self._backend.prepare_respawns(worker_main, self._config_blob)
         except BaseException:
-            for worker in list(self._workers.values()):
-                worker.process.kill()
-                worker.process.join()
-                self._release(worker)
+            self._kill_every_worker()
             self._backend.close()
             self._close_fds()
             raise
@@ -232,7 +230,7 @@ class Dispatcher:
         if task.timeout is not None or not self._lock.acquire(blocking=False):
             return False
         try:
-            if self.pending or self._stop_requested or self._stopping:
+            if self.pending or not self._still_running():
                 return False
             for worker in self._workers.values():
                 if not worker.assigned and worker.budget is None and worker.accepting:
@@ -276,7 +274,7 @@ class Dispatcher:
 
     def request_stop(self) -> None:
         """Finish every pending task, then stop the workers (any thread)."""
-        self._stop_requested = True
+        self._shutdown_requested = True
         self.wake()
 
     def cancel_pending(self) -> None:
@@ -299,7 +297,7 @@ class Dispatcher:
 
     def force_stop(self, signum: signal.Signals) -> None:
         """Signal every worker now; running tasks fail (any thread)."""
-        self._stop_requested = True
+        self._shutdown_requested = True
         self._force_signal = signum
         self.wake()
         if not self.in_dispatcher_thread() and self._thread is not None and self._thread.is_alive():
@@ -307,7 +305,7 @@ class Dispatcher:
 
     def stop_task(self, future: Future[Any]) -> None:
         """Stop the task of ``future``: cancel it if queued, kill its worker if running."""
-        self._stop_requests.append(future)
+        self._halt_requests.append(future)
         self.wake()
 
     def join(self, timeout: Optional[float] = None) -> None:
@@ -318,9 +316,15 @@ class Dispatcher:
     def in_dispatcher_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def _still_running(self) -> bool:
+        """RUNNING, with no shutdown or force asked for that the dispatcher has yet to see
+        (any thread): a caller may hand a task straight to a worker, and a retiring worker
+        gets its successor before it exits."""
+        return self._state is PoolState.RUNNING and not self._shutdown_requested
+
+    def _finished(self) -> bool:
+        """Every worker is gone, and none will be started: the loop ends."""
+        return not self._workers and not self._state.assigns
 
     # ------------------------------------------------------------- the event loop
 
@@ -330,11 +334,11 @@ class Dispatcher:
         lock = self._lock
         lock.acquire()
         try:
-            while self._workers or not self._stopping:
-                self._handle_requests()
-                self._assign()
-                self._maybe_begin_stop()
-                if self._stopping and not self._workers:
+            while not self._finished():
+                self._handle_requests()  # RUNNING -> DRAINING, -> FORCED; stop(), cancel()
+                self._assign()  # while RUNNING or DRAINING
+                self._close_inboxes_once_drained()  # DRAINING -> CLOSING
+                if self._finished():
                     break
                 timeout = self._select_timeout()
                 lock.release()
@@ -342,8 +346,8 @@ class Dispatcher:
                     events = self._selector.select(timeout)
                 finally:
                     lock.acquire()
-                for key, mask in events:
-                    key.data(mask)
+                for key, _mask in events:
+                    key.data()  # answers, worker deaths (-> BROKEN), writable inboxes
                 self._on_task_deadlines()
                 if self._hung_up:
                     self._on_hang_ups()
@@ -372,15 +376,9 @@ class Dispatcher:
         try:
             self._break(error)
         finally:
-            for worker in list(self._workers.values()):
-                try:
-                    worker.signal(signal.SIGKILL)
-                    worker.process.join(5.0)
-                    self._release(worker)
-                except BaseException:
-                    logger.exception("poolkit dispatcher cleanup of worker %d", worker.pid)
+            self._kill_every_worker()
 
-    def _on_wakeup(self, mask: int) -> None:
+    def _on_wakeup(self) -> None:
         try:
             while len(os.read(self._wake_r, 4096)) == 4096:
                 pass  # a short read emptied the pipe
@@ -391,19 +389,16 @@ class Dispatcher:
         self._wake_signalled = False
 
     def _handle_requests(self) -> None:
+        """Act on what other threads asked for since the last look."""
         signum = self._force_signal
         if signum is not None and self._forced_by is None:
-            self._forced_by = (
-                "Executor.kill_workers()"
-                if signum == signal.SIGKILL
-                else "Executor.terminate_workers()"
-            )
-            self._signal_all(signum)
-            self._force_done.set()
+            self._force(signum)
+        if self._shutdown_requested and self._state is PoolState.RUNNING:
+            self._state = PoolState.DRAINING
         if self._revoked:
             self._take_back_revoked()
-        while self._stop_requests:
-            self._stop(self._stop_requests.popleft())
+        while self._halt_requests:
+            self._halt_on_request(self._halt_requests.popleft())
         if self._cancelled_waiting:
             self._cancelled_waiting = False
             self._drop_cancelled()
@@ -420,7 +415,7 @@ class Dispatcher:
     def _assign(self) -> None:
         """Give pending tasks to workers with room (see ``_assignment``); then let each idle
         worker take back tasks that wait, unstarted, in another worker."""
-        if self._stopping:
+        if not self._state.assigns:
             return
         if self.pending:
             candidates = [w for w in self._workers.values() if w.accepting]
@@ -485,7 +480,7 @@ class Dispatcher:
         worker.assigned.extend(batch)
         if worker.budget is not None:
             worker.budget -= len(batch)
-            if worker.budget == 0 and not self._stop_requested:
+            if worker.budget == 0 and self._still_running():
                 # Start the successor now, so the pool never waits for the exit.
                 worker.replaced = True
                 self._start_worker_or_break()
@@ -525,14 +520,13 @@ class Dispatcher:
             self._selector.unregister(writer.fd)
             worker.writing = False
         elif not done and not worker.writing:
-            self._selector.register(
-                writer.fd, selectors.EVENT_WRITE, lambda _m: self._flush(worker)
-            )
+            self._selector.register(writer.fd, selectors.EVENT_WRITE, lambda: self._flush(worker))
             worker.writing = True
 
     # -------------------------------------------------------------- collection
 
-    def _on_readable(self, worker: WorkerHandle, mask: int) -> None:
+    def _collect(self, worker: WorkerHandle) -> None:
+        """Read and act on every message the worker has written so far."""
         if not worker.reading:
             return
         reader = worker.channel.reader
@@ -611,26 +605,28 @@ class Dispatcher:
         kind = message.kind
         if kind is MessageKind.RESULT or kind is MessageKind.ERROR:
             assigned = worker.assigned
-            if assigned and assigned[0].task_id == message.task_id:
+            if assigned and assigned[0].task_id == message.task_id:  # the common case
                 # Resolved while still in the list, then taken off: if resolving fails
                 # (it should not), the dispatcher's own failure path still settles it.
                 self._on_answer(worker, assigned[0], message)
                 assigned.popleft()
                 note_next_started(worker)
-                return
-        if message.kind is MessageKind.READY:
+            else:
+                self._on_answer_by_id(worker, message)
+        elif kind is MessageKind.SKIPPED:
+            self._on_answer_by_id(worker, message)
+        elif kind is MessageKind.READY:
             worker.ready = True
             self._startup_failures.worker_ready()
-            return
-        if message.kind is MessageKind.INIT_FAILED:
+        elif kind is MessageKind.INIT_FAILED:
             self._on_initializer_failure(worker, message)
-            return
-        if message.kind is MessageKind.RETIRING:
+        elif kind is MessageKind.RETIRING:
             self._on_retiring(worker)
-            return
-        if message.kind is MessageKind.LOOP_FAILED:
+        elif kind is MessageKind.LOOP_FAILED:
             worker.loop_error = rebuild_exception(message, "the worker's exception")
-            return
+
+    def _on_answer_by_id(self, worker: WorkerHandle, message: WorkerMessage) -> None:
+        """A SKIPPED, or a RESULT or ERROR not for the oldest task the worker holds."""
         # Answers are matched by id, not by order: the oldest task may have lost its answer
         # (its code closed or replaced the worker's pipe), and the others must not lose
         # theirs with it. That task is settled when the worker ends.
@@ -661,13 +657,13 @@ class Dispatcher:
     def _on_retiring(self, worker: WorkerHandle) -> None:
         # Over its memory limit: it exits after this message. Its successor starts now.
         worker.closing = True
-        if not (worker.replaced or self._stop_requested):
+        if not worker.replaced and self._still_running():
             worker.replaced = True
             self._start_worker_or_break()
 
     # ------------------------------------------------------------ halting tasks
 
-    def _stop(self, future: Future[Any]) -> None:
+    def _halt_on_request(self, future: Future[Any]) -> None:
         """Handle Executor.stop(future)."""
         if future.done() or future.cancel():
             return  # finished, or cancelled while it waited: nothing runs
@@ -695,7 +691,7 @@ class Dispatcher:
             worker = self._workers.get(pid)
             if worker is None:
                 continue
-            self._on_readable(worker, 0)  # a result already on its way wins
+            self._collect(worker)  # a result already on its way wins
             task = next((t for t in worker.assigned if t.task_id == task_id), None)
             if task is None or task.timeout is None:
                 continue
@@ -709,7 +705,7 @@ class Dispatcher:
         self, worker: WorkerHandle, task: TaskState, error: Callable[[bool], BaseException]
     ) -> None:
         def still_assigned() -> bool:
-            self._on_readable(worker, 0)  # an answer already written wins
+            self._collect(worker)  # an answer already written wins
             return task in worker.assigned and not worker.channel.reader.mid_frame
 
         halt_task(worker, task, error, still_assigned)
@@ -725,8 +721,8 @@ class Dispatcher:
 
     # ------------------------------------------------------------- worker deaths
 
-    def _on_worker_exit(self, worker: WorkerHandle, mask: int) -> None:
-        self._on_readable(worker, mask)  # results written before it died still count
+    def _on_worker_exit(self, worker: WorkerHandle) -> None:
+        self._collect(worker)  # results written before it died still count
         if self._revoked:
             self._take_back_revoked()
         with CLAIMS_LOCK:
@@ -745,7 +741,7 @@ class Dispatcher:
         if exitcode != 0 or crashed_id:
             kill_group(worker.pid)  # processes its task started must not outlive it
         self._release(worker)
-        if not worker.ready and self.broken is None and not self._stopping:
+        if not worker.ready and self._state.assigns:
             self._on_startup_death(worker, exitcode)
         requeue = []
         blamed = 0
@@ -753,7 +749,7 @@ class Dispatcher:
         # inbox closed by the pool, a spent task budget or a memory limit end it cleanly.
         unasked = not (worker.closing or worker.budget == 0) or worker.fault is not None
         died_on_its_own = (
-            (exitcode != 0 or unasked) and not worker.halted and self._forced_by is None
+            (exitcode != 0 or unasked) and not worker.halted and not self._state.abandons_tasks
         )
         # A worker that died on its own while running no task may have been killed by one it
         # held before that task started (reading an argument too large for its memory). Such
@@ -776,7 +772,7 @@ class Dispatcher:
                 fail(
                     task, collateral_error(worker.pid, exitcode, task.fn_name, worker.fault, guilty)
                 )
-            elif self.broken is not None or self._forced_by is not None:
+            elif self._state.abandons_tasks:
                 fail(task, self._not_run_error())
             elif task.future.done():
                 if task.future.cancelled() and not task.started:
@@ -805,7 +801,7 @@ class Dispatcher:
                 blamed,
                 len(requeue),
             )
-        if not (worker.replaced or self._stopping or self.broken is not None):
+        if not worker.replaced and self._state.assigns:
             self._start_worker_or_break()
 
     @staticmethod
@@ -857,10 +853,10 @@ class Dispatcher:
         worker.running.release_worker_copy()  # the worker has its own copy now
         self._workers[worker.pid] = worker
         self._selector.register(
-            worker.channel.outbox_fd, selectors.EVENT_READ, lambda m: self._on_readable(worker, m)
+            worker.channel.outbox_fd, selectors.EVENT_READ, lambda: self._collect(worker)
         )
         self._selector.register(
-            worker.death_fd, selectors.EVENT_READ, lambda m: self._on_worker_exit(worker, m)
+            worker.death_fd, selectors.EVENT_READ, lambda: self._on_worker_exit(worker)
         )
         return worker
 
@@ -890,8 +886,17 @@ class Dispatcher:
             worker.writing = False
         worker.close()
 
+    def _kill_every_worker(self) -> None:
+        """SIGKILL, reap and release every worker, each on its own (a failure is logged)."""
+        for worker in list(self._workers.values()):
+            try:
+                worker.signal(signal.SIGKILL)
+                worker.process.join(5.0)
+                self._release(worker)
+            except BaseException:
+                logger.exception("poolkit dispatcher cleanup of worker %d", worker.pid)
+
     def _signal_all(self, signum: signal.Signals) -> None:
-        self._stopping = True
         for worker in self._workers.values():
             worker.closing = True
             worker.signal(signum)
@@ -899,27 +904,35 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ stopping
 
-    def _maybe_begin_stop(self) -> None:
-        """Once asked to stop and every task is done, close the inboxes."""
-        if self._stopping or not self._stop_requested:
+    def _close_inboxes_once_drained(self) -> None:
+        """DRAINING -> CLOSING: once every task is done, close the inboxes."""
+        if self._state is not PoolState.DRAINING:
             return
         if self.pending or any(w.assigned for w in self._workers.values()):
             return
-        self._stopping = True
+        self._state = PoolState.CLOSING
         for worker in self._workers.values():
             worker.closing = True
             worker.channel.close_inbox()  # end-of-file: the worker exits by itself
         self._grace.after_inboxes_closed()
 
+    def _force(self, signum: signal.Signals) -> None:
+        """-> FORCED (a broken pool stays BROKEN): ``terminate_workers()`` or
+        ``kill_workers()`` signals every worker now."""
+        killing = signum == signal.SIGKILL
+        self._forced_by = "Executor.kill_workers()" if killing else "Executor.terminate_workers()"
+        if self._state is not PoolState.BROKEN:
+            self._state = PoolState.FORCED
+        self._signal_all(signum)
+        self._force_done.set()
+
     def _break(self, error: BaseException) -> None:
-        """The pool cannot go on: fail every task, stop every worker."""
-        if self.broken is not None:
+        """-> BROKEN: the pool cannot go on; fail every task, stop every worker."""
+        if self._state is PoolState.BROKEN:
             return
         self.broken = error
-        self._stop_requested = True
-        for worker in list(self._workers.values()):
-            while worker.assigned:
-                fail(worker.assigned.popleft(), self._not_run_error())
+        self._state = PoolState.BROKEN
+        self._fail_assigned()
         self._fail_pending()
         self._signal_all(signal.SIGTERM)
 
@@ -936,12 +949,15 @@ class Dispatcher:
                 return
             fail(task, self._not_run_error())
 
+    def _fail_assigned(self) -> None:
+        for worker in list(self._workers.values()):
+            while worker.assigned:
+                fail(worker.assigned.popleft(), self._not_run_error())
+
     def _fail_leftovers(self) -> None:
         # Every future resolves: anything still queued when the loop ends gets an error.
         self._fail_pending()
-        for worker in self._workers.values():
-            while worker.assigned:
-                fail(worker.assigned.popleft(), self._not_run_error())
+        self._fail_assigned()
 
     def _close_fds(self) -> None:
         for fd in (self._wake_r, self._wake_w, self._selector.fileno()):
