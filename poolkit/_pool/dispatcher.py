@@ -73,7 +73,14 @@ from poolkit._pool.claims import (
     take_back,
     take_back_below,
 )
-from poolkit._pool.halting import TaskDeadlines, halt_task, kill_group, stopped_error, timeout_error
+from poolkit._pool.halting import (
+    Halt,
+    TaskDeadlines,
+    halt_task,
+    kill_group,
+    stopped_error,
+    timeout_error,
+)
 from poolkit._pool.pending import PendingQueue
 from poolkit._pool.state import PoolState
 from poolkit._pool.stopping import GraceClock
@@ -240,7 +247,7 @@ class Dispatcher:
             if not task.future.set_running_or_notify_cancel():
                 return True  # cancelled already: nothing to run
             task.started = True
-            worker.progress_at = time.monotonic()
+            worker.note_progress(time.monotonic())
             try:
                 self._send(worker, [task])
             except BaseException:
@@ -248,7 +255,7 @@ class Dispatcher:
                 # steps of the send, leaving the frame half queued or half written: the
                 # worker's inbox cannot be trusted any more. Replace the worker; its death
                 # settles whatever it held, this task included if it got that far.
-                worker.closing = True
+                worker.mark_closing()
                 worker.signal(signal.SIGKILL)
                 if task not in worker.assigned:
                     self.pending.appendleft(task)
@@ -478,12 +485,10 @@ class Dispatcher:
             if task.held is not None:
                 parts.extend(task.held.table_for(worker.channel.side))
         worker.assigned.extend(batch)
-        if worker.budget is not None:
-            worker.budget -= len(batch)
-            if worker.budget == 0 and self._still_running():
-                # Start the successor now, so the pool never waits for the exit.
-                worker.replaced = True
-                self._start_worker_or_break()
+        if worker.spend_budget(len(batch)) and self._still_running():
+            # Start the successor now, so the pool never waits for the exit.
+            worker.note_successor_started()
+            self._start_worker_or_break()
         writer = worker.channel.writer
         assert writer is not None
         writer.queue_frame(parts)
@@ -516,12 +521,10 @@ class Dispatcher:
         except BrokenPipeError:
             writer.discard()  # the worker died; its sentinel brings us to _on_worker_exit
             done = True
-        if done and worker.writing:
-            self._selector.unregister(writer.fd)
-            worker.writing = False
-        elif not done and not worker.writing:
-            self._selector.register(writer.fd, selectors.EVENT_WRITE, lambda: self._flush(worker))
-            worker.writing = True
+        if done:
+            worker.stop_watching_writable(self._selector)
+        else:
+            worker.watch_writable(self._selector, lambda: self._flush(worker))
 
     # -------------------------------------------------------------- collection
 
@@ -553,9 +556,8 @@ class Dispatcher:
             # it is gone. Unless it is not: a task that closed or replaced the pipe leaves a
             # worker that runs on and can never answer. It gets a moment to die on its own
             # (the hang-up comes just before the exit) before it counts as a fault.
-            self._selector.unregister(worker.channel.outbox_fd)
-            worker.reading = False
-            if worker.assigned or not (worker.closing or worker.budget == 0):
+            worker.stop_reading(self._selector)
+            if worker.assigned or not worker.exit_expected:
                 self._hung_up[worker.pid] = time.monotonic() + _HANG_UP_GRACE
 
     def _on_hang_ups(self) -> None:
@@ -588,16 +590,10 @@ class Dispatcher:
         group, and its death (``_on_worker_exit``) fails the task it had started, naming
         the fault, and sends the others to other workers.
         """
-        if worker.reading:
-            self._selector.unregister(worker.channel.outbox_fd)
-            worker.reading = False
+        worker.stop_reading(self._selector)
         if worker.fault is not None:
             return
-        worker.fault = reason
-        # Answers arrive in order: the bytes came before the answer of the oldest task
-        # still unanswered, so that task's code (or what it started) wrote them.
-        worker.fault_task = worker.assigned[0].task_id if worker.assigned else 0
-        worker.closing = True
+        worker.mark_fault(reason)  # charged to the oldest task still unanswered
         logger.warning("poolkit worker %d: its result pipe %s; killing it", worker.pid, reason)
         kill_group(worker.pid)
 
@@ -616,14 +612,14 @@ class Dispatcher:
         elif kind is MessageKind.SKIPPED:
             self._on_answer_by_id(worker, message)
         elif kind is MessageKind.READY:
-            worker.ready = True
+            worker.mark_ready()
             self._startup_failures.worker_ready()
         elif kind is MessageKind.INIT_FAILED:
             self._on_initializer_failure(worker, message)
         elif kind is MessageKind.RETIRING:
             self._on_retiring(worker)
         elif kind is MessageKind.LOOP_FAILED:
-            worker.loop_error = rebuild_exception(message, "the worker's exception")
+            worker.note_loop_error(rebuild_exception(message, "the worker's exception"))
 
     def _on_answer_by_id(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         """A SKIPPED, or a RESULT or ERROR not for the oldest task the worker holds."""
@@ -637,7 +633,7 @@ class Dispatcher:
             logger.debug("worker %d answered settled task %d", worker.pid, message.task_id)
             return
         if message.kind is MessageKind.SKIPPED:
-            worker.progress_at = time.monotonic()
+            worker.note_progress(time.monotonic())
             fail(task, task.halt_error or TaskStopped("the task was stopped before it started"))
         else:
             self._on_answer(worker, task, message)
@@ -647,7 +643,7 @@ class Dispatcher:
 
     def _on_answer(self, worker: WorkerHandle, task: TaskState, message: WorkerMessage) -> None:
         """A task's RESULT or ERROR: resolve its future."""
-        worker.progress_at = time.monotonic()
+        worker.note_progress(time.monotonic())
         previous = self._task_seconds
         self._task_seconds = (
             message.duration if previous is None else 0.8 * previous + 0.2 * message.duration
@@ -656,9 +652,9 @@ class Dispatcher:
 
     def _on_retiring(self, worker: WorkerHandle) -> None:
         # Over its memory limit: it exits after this message. Its successor starts now.
-        worker.closing = True
-        if not worker.replaced and self._still_running():
-            worker.replaced = True
+        worker.mark_closing()
+        if not worker.has_successor and self._still_running():
+            worker.note_successor_started()
             self._start_worker_or_break()
 
     # ------------------------------------------------------------ halting tasks
@@ -708,7 +704,15 @@ class Dispatcher:
             self._collect(worker)  # an answer already written wins
             return task in worker.assigned and not worker.channel.reader.mid_frame
 
-        halt_task(worker, task, error, still_assigned)
+        outcome = halt_task(worker, task, still_assigned)
+        if outcome is Halt.KILLED:
+            worker.mark_halted()  # dying: given nothing more, and its death is no crash
+            worker.assigned.remove(task)
+            fail(task, error(True))
+        elif outcome is not Halt.ANSWERED:
+            task.halt_error = error(False)  # what its SKIPPED answer will fail it with
+            if outcome is Halt.SKIPPED_NOW:
+                fail(task, task.halt_error)
 
     def _on_initializer_failure(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         cause = rebuild_exception(message, "the initializer's exception")
@@ -741,13 +745,13 @@ class Dispatcher:
         if exitcode != 0 or crashed_id:
             kill_group(worker.pid)  # processes its task started must not outlive it
         self._release(worker)
-        if not worker.ready and self._state.assigns:
+        if not worker.reported_ready and self._state.assigns:
             self._on_startup_death(worker, exitcode)
         requeue = []
         blamed = 0
         # Code 0 is a death of its own too when the worker was not asked to end: only an
         # inbox closed by the pool, a spent task budget or a memory limit end it cleanly.
-        unasked = not (worker.closing or worker.budget == 0) or worker.fault is not None
+        unasked = not worker.exit_expected or worker.fault is not None
         died_on_its_own = (
             (exitcode != 0 or unasked) and not worker.halted and not self._state.abandons_tasks
         )
@@ -801,7 +805,7 @@ class Dispatcher:
                 blamed,
                 len(requeue),
             )
-        if not worker.replaced and self._state.assigns:
+        if not worker.has_successor and self._state.assigns:
             self._start_worker_or_break()
 
     @staticmethod
@@ -852,11 +856,8 @@ class Dispatcher:
             )
         worker.running.release_worker_copy()  # the worker has its own copy now
         self._workers[worker.pid] = worker
-        self._selector.register(
-            worker.channel.outbox_fd, selectors.EVENT_READ, lambda: self._collect(worker)
-        )
-        self._selector.register(
-            worker.death_fd, selectors.EVENT_READ, lambda: self._on_worker_exit(worker)
+        worker.register(
+            self._selector, lambda: self._collect(worker), lambda: self._on_worker_exit(worker)
         )
         return worker
 
@@ -874,16 +875,7 @@ class Dispatcher:
         """Forget a dead worker and close everything the parent held for it."""
         self._workers.pop(worker.pid, None)
         self._hung_up.pop(worker.pid, None)
-        if worker.reading:
-            self._selector.unregister(worker.channel.outbox_fd)
-            worker.reading = False
-        try:
-            self._selector.unregister(worker.death_fd)
-        except (KeyError, ValueError):
-            pass  # never registered (the worker failed during start()), or closed
-        if worker.writing and worker.channel.writer is not None:
-            self._selector.unregister(worker.channel.writer.fd)
-            worker.writing = False
+        worker.unregister(self._selector)
         worker.close()
 
     def _kill_every_worker(self) -> None:
@@ -898,7 +890,7 @@ class Dispatcher:
 
     def _signal_all(self, signum: signal.Signals) -> None:
         for worker in self._workers.values():
-            worker.closing = True
+            worker.mark_closing()
             worker.signal(signum)
         self._grace.after_signal(signum)
 
@@ -912,7 +904,7 @@ class Dispatcher:
             return
         self._state = PoolState.CLOSING
         for worker in self._workers.values():
-            worker.closing = True
+            worker.mark_closing()
             worker.channel.close_inbox()  # end-of-file: the worker exits by itself
         self._grace.after_inboxes_closed()
 

@@ -15,16 +15,17 @@ task 8. poolkit closes the race in three steps:
 
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
 import os
 import signal
 import time
 from collections.abc import Iterator
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from poolkit._errors import TaskStopped, TaskTimeoutError
-from poolkit._pool.tasks import TaskState, fail
+from poolkit._pool.tasks import TaskState
 from poolkit._pool.worker_handle import WorkerHandle
 
 #: How long to wait for a frozen worker to be reported stopped before deciding anyway.
@@ -44,16 +45,26 @@ def kill_group(pid: int) -> None:
             pass
 
 
-def kill_if_running(worker: WorkerHandle, task_id: int, still_running: Callable[[], bool]) -> int:
+class FrozenLook(NamedTuple):
+    """What :func:`kill_if_running` saw in the frozen worker, and what it did."""
+
+    #: The id in the worker's running slot when it was frozen (0: between tasks).
+    running: int
+    #: The worker's process group was killed: it was running the task, unanswered.
+    killed: bool
+
+
+def kill_if_running(
+    worker: WorkerHandle, task_id: int, still_running: Callable[[], bool]
+) -> FrozenLook:
     """Kill ``worker`` if, and only if, it is running ``task_id``.
 
     ``still_running`` is asked while the worker is frozen with ``task_id`` in its slot: it
     may have finished the task and be writing its answer (the slot is cleared after the
     write); False spares the worker.
 
-    Returns the id the worker was running when it was frozen (0: between tasks); equal to
-    ``task_id`` means it was killed. Otherwise the task is not running and, being on the
-    skip list, never will.
+    Unless the worker was killed, the task is not running and, being on the skip list,
+    never will (or it finished while we looked).
     """
     worker.running.add_skip(task_id)
     pid = worker.pid
@@ -61,11 +72,10 @@ def kill_if_running(worker: WorkerHandle, task_id: int, still_running: Callable[
     try:
         _wait_still(pid)
         running = worker.running.value
-        if running == task_id:
-            if not still_running():
-                return -1  # finished while we looked: not killed
-            kill_group(pid)
-        return running
+        if running != task_id or not still_running():
+            return FrozenLook(running, killed=False)  # not running it, or finished meanwhile
+        kill_group(pid)
+        return FrozenLook(running, killed=True)
     finally:
         worker.signal(signal.SIGCONT)  # harmless on a killed process
 
@@ -85,35 +95,39 @@ def _wait_still(pid: int) -> None:
         delay = min(delay * 2, 0.005)
 
 
-def halt_task(
-    worker: WorkerHandle,
-    task: TaskState,
-    error: Callable[[bool], BaseException],
-    still_assigned: Callable[[], bool],
-) -> None:
-    """Make sure ``task`` never completes on ``worker``; its future gets ``error(killed)``.
+class Halt(enum.Enum):
+    """What :func:`halt_task` found, and so what the dispatcher does with the task."""
+
+    #: It was running: its worker is being killed. Mark the worker HALTED (its death is
+    #: then not charged to the task as a crash), take the task off it, fail it.
+    KILLED = "killed"
+    #: It finished first: its result stands.
+    ANSWERED = "answered"
+    #: Not running, and on the skip list: the worker answers SKIPPED when it gets to it (or
+    #: a result it had already sent arrives first, and wins).
+    SKIPPED_LATER = "skipped later"
+    #: Not started, and the worker is busy with a task queued before it: it certainly has
+    #: not started, so its future need not wait for the worker to get there. Fail it now.
+    SKIPPED_NOW = "skipped now"
+
+
+def halt_task(worker: WorkerHandle, task: TaskState, still_assigned: Callable[[], bool]) -> Halt:
+    """Make sure ``task`` never completes on ``worker``; say how (see :class:`Halt`).
 
     ``still_assigned`` is asked while the worker is frozen with the task in its slot: it
     reads whatever the worker has written so far (an answer wins) and says whether the task
-    is still unanswered and no answer is half-read.
+    is still unanswered and no answer is half-read. Neither the worker's handle nor the
+    task is changed here: the dispatcher acts on the answer.
     """
-    running = kill_if_running(worker, task.task_id, still_assigned)
-    if running == task.task_id:
-        worker.closing = True  # dying: give it nothing more
-        worker.halted = True
-        worker.assigned.remove(task)  # not charged as a crash when the worker's exit shows
-        fail(task, error(True))
-        return
+    look = kill_if_running(worker, task.task_id, still_assigned)
+    if look.killed:
+        return Halt.KILLED
     if task not in worker.assigned:
-        return  # it finished first: its result stands
-    # Not running, and on the skip list: the worker answers SKIPPED when it gets to it
-    # (or a result it had already sent arrives first, and wins).
-    task.halt_error = error(False)
+        return Halt.ANSWERED
     earlier = itertools.takewhile(lambda t: t is not task, worker.assigned)
-    if any(t.task_id == running for t in earlier):
-        # The worker is busy with a task queued before this one: this one has certainly
-        # not started, so its future need not wait for the worker to get there.
-        fail(task, task.halt_error)
+    if any(t.task_id == look.running for t in earlier):
+        return Halt.SKIPPED_NOW
+    return Halt.SKIPPED_LATER
 
 
 def stopped_error(task: TaskState, pid: int, killed: bool) -> BaseException:
