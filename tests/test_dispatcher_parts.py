@@ -67,7 +67,7 @@ def test_assignments_spread_a_small_queue_and_respect_budgets() -> None:
     assert not pending
     # Only the first task an idle worker gets is bound to it; the others stay pending
     # (prefetched, claimable, revocable) until the worker claims them.
-    started = {t.task_id for w in workers for t in w.assigned if t.task_id < 1000 and t.started}
+    started = {t.task_id for w in workers for t in w.assigned if t.task_id < 1000 and t.claimed}
     assert started == {1, 3}
 
 

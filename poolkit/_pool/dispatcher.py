@@ -84,7 +84,7 @@ from poolkit._pool.halting import (
 from poolkit._pool.pending import PendingQueue
 from poolkit._pool.state import PoolState
 from poolkit._pool.stopping import GraceClock
-from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, fail, rebuild_exception, resolve
+from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, claim, fail, rebuild_exception, resolve
 from poolkit._pool.worker_handle import UNSTARTED_DEATH_LIMIT, StartupFailures, WorkerHandle, reap
 from poolkit._start_methods.registry import Backend
 from poolkit._thread_signals import leave_signals_to_other_threads, signal_mask
@@ -244,9 +244,8 @@ class Dispatcher:
                     break
             else:
                 return False
-            if not task.future.set_running_or_notify_cancel():
+            if not claim(task):
                 return True  # cancelled already: nothing to run
-            task.started = True
             worker.note_progress(time.monotonic())
             try:
                 self._send(worker, [task])
@@ -292,12 +291,12 @@ class Dispatcher:
         here, so a Ctrl-C landing in the middle cannot lose a task.
         """
         for task in list(self.pending):  # a snapshot: the dispatcher pops meanwhile
-            if not task.started:
+            if not task.claimed:
                 task.future.cancel()
         # Prefetched but not started: cancel() takes them back from their workers.
         for worker in list(self._workers.values()):
             for task in list(worker.assigned):
-                if task.board is not None and not task.started:
+                if task.board is not None and not task.claimed:
                     task.future.cancel()
         self._cancelled_waiting = True
         self.wake()
@@ -465,7 +464,7 @@ class Dispatcher:
                     continue
                 # Only where it is found: a task not in a worker's list any more was
                 # requeued or settled (and its waiters told) by a worker's death.
-                if task.future.cancelled() and not task.started:
+                if task.future.cancelled() and not task.claimed:
                     notify_cancelled(task)
                 else:
                     requeue.append(task)
@@ -496,7 +495,7 @@ class Dispatcher:
 
     def _post_claims(self, worker: WorkerHandle, batch: list[TaskState]) -> list[TaskState]:
         """Post the batch's claim words (``_claims.post_claims``); the tasks to send."""
-        if len(batch) == 1 and batch[0].started and not worker.assigned:
+        if len(batch) == 1 and batch[0].claimed and not worker.assigned:
             # One task for an idle worker, marked running already: bound, nothing to take
             # back, no lock (a running future's cancel() is False whoever asks).
             slot, task = worker.running, batch[0]
@@ -779,7 +778,7 @@ class Dispatcher:
             elif self._state.abandons_tasks:
                 fail(task, self._not_run_error())
             elif task.future.done():
-                if task.future.cancelled() and not task.started:
+                if task.future.cancelled() and not task.claimed:
                     notify_cancelled(task)  # cancelled by a caller as the worker died
                 continue  # settled while it waited here (stopped, past its deadline): done
             elif unexplained and task.unstarted_deaths + 1 >= UNSTARTED_DEATH_LIMIT:
@@ -930,7 +929,7 @@ class Dispatcher:
 
     def _drop_cancelled(self) -> None:
         """Take the tasks cancelled while queued off the queue, in order."""
-        for task in self.pending.take_out(lambda t: not t.started and t.future.cancelled()):
+        for task in self.pending.take_out(lambda t: not t.claimed and t.future.cancelled()):
             notify_cancelled(task)
 
     def _fail_pending(self) -> None:
