@@ -19,10 +19,10 @@ from poolkit._pool.assignment import (
     steal_share,
     take_batch,
 )
+from poolkit._pool.deaths import StartupFailures
 from poolkit._pool.halting import TaskDeadlines
 from poolkit._pool.stopping import TERMINATE_GRACE_SECONDS, GraceClock
 from poolkit._pool.tasks import TaskState
-from poolkit._pool.worker_handle import StartupFailures
 
 
 def _task(task_id: int, timeout: Optional[float] = None) -> TaskState:

@@ -56,14 +56,10 @@ from typing import Any, Callable, Optional
 from poolkit._errors import (
     BrokenProcessPool,
     TaskStopped,
-    collateral_error,
-    crash_error,
     describe_exit,
-    name_exception,
     not_run_error,
     safe_str,
     set_cause,
-    unstarted_crash_error,
 )
 from poolkit._pool.assignment import assignments, in_flight_limit, steal_share
 from poolkit._pool.claims import (
@@ -73,6 +69,7 @@ from poolkit._pool.claims import (
     take_back,
     take_back_below,
 )
+from poolkit._pool.deaths import StartupFailures, last_task, log_death, settle_held_tasks
 from poolkit._pool.halting import (
     Halt,
     TaskDeadlines,
@@ -85,7 +82,7 @@ from poolkit._pool.pending import PendingQueue
 from poolkit._pool.state import PoolState
 from poolkit._pool.stopping import GraceClock
 from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, claim, fail, rebuild_exception, resolve
-from poolkit._pool.worker_handle import UNSTARTED_DEATH_LIMIT, StartupFailures, WorkerHandle, reap
+from poolkit._pool.worker_handle import WorkerHandle, reap
 from poolkit._start_methods.registry import Backend
 from poolkit._thread_signals import leave_signals_to_other_threads, signal_mask
 from poolkit._wire.buffers import open_buffers
@@ -732,94 +729,24 @@ class Dispatcher:
             for task in worker.assigned:
                 task.board = None  # its slot is closed below; nobody may swap its words
         exitcode = reap(worker.process)
-        crashed_id = worker.running.value
-        if not crashed_id:
-            # Its slot says idle, but the last task it took is unanswered: that task's code
-            # cut the worker off from its pipe (dup2 over it, closed it), so its answer went
-            # nowhere and the worker then ended, maybe with code 0. The task is charged
-            # with the death; sent to another worker, it would do the same forever.
-            started = worker.running.started
-            if started and any(t.task_id == started for t in worker.assigned):
-                crashed_id = started
-        if exitcode != 0 or crashed_id:
+        last = last_task(worker)  # before _release closes its slot
+        if exitcode != 0 or last.crashed_id:
             kill_group(worker.pid)  # processes its task started must not outlive it
         self._release(worker)
         if not worker.reported_ready and self._state.assigns:
-            self._on_startup_death(worker, exitcode)
-        requeue = []
-        blamed = 0
-        # Code 0 is a death of its own too when the worker was not asked to end: only an
-        # inbox closed by the pool, a spent task budget or a memory limit end it cleanly.
-        unasked = not worker.exit_expected or worker.fault is not None
-        died_on_its_own = (
-            (exitcode != 0 or unasked) and not worker.halted and not self._state.abandons_tasks
+            self._on_startup_death(worker, exitcode)  # may break the pool
+        settled = settle_held_tasks(
+            worker,
+            exitcode,
+            last,
+            abandoned=self._state.abandons_tasks,
+            forced_by=self._forced_by,
+            not_run_error=self._not_run_error,
         )
-        # A worker that died on its own while running no task may have been killed by one it
-        # held before that task started (reading an argument too large for its memory). Such
-        # a task is sent on a few times, then failed: resending it forever would hang.
-        unexplained = died_on_its_own and not (crashed_id or worker.fault_task)
-        guilty, collateral = self._after_the_fault(worker, crashed_id)
-        for task in worker.assigned:
-            if task.task_id == worker.fault_task or (
-                task.task_id == crashed_id and worker.fault is None
-            ):
-                blamed += 1
-                fail(
-                    task,
-                    crash_error(worker.pid, exitcode, task.fn_name, self._forced_by, worker.fault),
-                )
-            elif task.task_id in collateral:
-                # Started after the task that wrote into the pipe: its answer sits behind the
-                # stray bytes and cannot be read. It started, so it is not run again.
-                blamed += 1
-                fail(
-                    task, collateral_error(worker.pid, exitcode, task.fn_name, worker.fault, guilty)
-                )
-            elif self._state.abandons_tasks:
-                fail(task, self._not_run_error())
-            elif task.future.done():
-                if task.future.cancelled() and not task.claimed:
-                    notify_cancelled(task)  # cancelled by a caller as the worker died
-                continue  # settled while it waited here (stopped, past its deadline): done
-            elif unexplained and task.unstarted_deaths + 1 >= UNSTARTED_DEATH_LIMIT:
-                blamed += 1
-                fail(
-                    task,
-                    unstarted_crash_error(
-                        worker.pid, exitcode, task.fn_name, UNSTARTED_DEATH_LIMIT, worker.loop_error
-                    ),
-                )
-            else:
-                task.unstarted_deaths += unexplained
-                requeue.append(task)  # taken but not started: another worker runs it
-        self.pending.requeue(requeue)
-        if blamed or (requeue and died_on_its_own):
-            logger.warning(
-                "poolkit worker %d %s%s; %d task(s) failed, %d requeued",
-                worker.pid,
-                describe_exit(exitcode),
-                name_exception(worker.loop_error)
-                if worker.fault is None
-                else f" (its result pipe {worker.fault})",
-                blamed,
-                len(requeue),
-            )
+        self.pending.requeue(settled.requeue)
+        log_death(worker, exitcode, settled)
         if not worker.has_successor and self._state.assigns:
             self._start_worker_or_break()
-
-    @staticmethod
-    def _after_the_fault(worker: WorkerHandle, crashed_id: int) -> tuple[str, set[int]]:
-        """The name of the task charged with a fault on the worker's pipe, and the ids of
-        the tasks that started after it (a worker runs its tasks in the order sent)."""
-        if worker.fault is None or not worker.fault_task:
-            return "", set()
-        ids = [t.task_id for t in worker.assigned]
-        last_started = crashed_id or worker.running.started
-        if worker.fault_task not in ids or last_started not in ids:
-            return "another task", set()
-        first = ids.index(worker.fault_task)
-        guilty = worker.assigned[first].fn_name
-        return guilty, set(ids[first + 1 : ids.index(last_started) + 1])
 
     def _on_startup_death(self, worker: WorkerHandle, exitcode: Optional[int]) -> None:
         """A worker died before it was ready: retry a little, then declare the pool broken."""

@@ -18,7 +18,6 @@ import signal
 import time
 from typing import Callable, Optional
 
-from poolkit._errors import describe_exit
 from poolkit._pool.tasks import TaskState
 from poolkit._start_methods.registry import Backend, WorkerProcess
 from poolkit._wire.slots import RunningSlot
@@ -336,52 +335,6 @@ def reap(process: WorkerProcess) -> Optional[int]:
 
 
 _REAP_RETRIES = 200
-
-
-#: How many workers in turn may die, each for no task's fault, holding the same task before
-#: it started: the last of them fails the task (``_errors.unstarted_crash_error``) instead of
-#: sending it on.
-UNSTARTED_DEATH_LIMIT = 3
-
-
-class StartupFailures:
-    """Counts workers that die before they are ready, to tell bad luck from a broken setup.
-
-    A worker killed from outside (SIGKILL, SIGTERM: an OOM killer, a user, a chaos test) is
-    simply replaced. A worker that ends by itself before it is ready, several times in a
-    row, means a broken setup (an initializer that exits or crashes, a script without the
-    ``__main__`` guard), and retrying forever would hide it.
-    """
-
-    #: Workers in a row that may end by themselves before they are ready.
-    LIMIT = 3
-
-    __slots__ = ("in_a_row",)
-
-    def __init__(self) -> None:
-        self.in_a_row = 0
-
-    def worker_ready(self) -> None:
-        self.in_a_row = 0
-
-    def worker_died(self, pid: int, exitcode: Optional[int], start_method: str) -> Optional[str]:
-        """Record a death before READY; return why the pool must give up, or None to retry."""
-        killed = exitcode is not None and -exitcode in (signal.SIGKILL, signal.SIGTERM)
-        if not killed:
-            self.in_a_row += 1
-        if killed or self.in_a_row < self.LIMIT:
-            return None
-        hint = ""
-        if start_method != "fork":
-            hint = (
-                f" Under {start_method}, a script must create the executor under "
-                "`if __name__ == '__main__':`."
-            )
-        return (
-            f"worker {pid} {describe_exit(exitcode)} while starting up (in the initializer, "
-            f"or before it; its stderr says why), {self.in_a_row} times in a row; the pool "
-            f"cannot start workers.{hint}"
-        )
 
 
 def _open_pidfd(pid: int) -> Optional[int]:
