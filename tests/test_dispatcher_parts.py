@@ -20,8 +20,7 @@ from poolkit._pool.assignment import (
     take_batch,
 )
 from poolkit._pool.deaths import StartupFailures
-from poolkit._pool.halting import TaskDeadlines
-from poolkit._pool.stopping import TERMINATE_GRACE_SECONDS, GraceClock
+from poolkit._pool.stopping import TERMINATE_GRACE_SECONDS, GraceClock, TaskDeadlines
 from poolkit._pool.tasks import TaskState
 
 

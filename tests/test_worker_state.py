@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 import pytest
 
-from poolkit._pool import halting
-from poolkit._pool.halting import FrozenLook, Halt, halt_task
+from poolkit._pool import stopping
+from poolkit._pool.stopping import FrozenLook, Halt, halt_task
 from poolkit._pool.tasks import TaskState
 from poolkit._pool.worker_handle import WorkerHandle, WorkerState
 
@@ -146,7 +146,7 @@ def test_halting_a_task_is_decided_from_what_the_frozen_worker_shows(
     worker: Any = types.SimpleNamespace(
         assigned=collections.deque(t for t in tasks if not (answered and t is target))
     )
-    monkeypatch.setattr(halting, "kill_if_running", lambda _worker, _task_id, _still: look)
+    monkeypatch.setattr(stopping, "kill_if_running", lambda _worker, _task_id, _still: look)
     assert halt_task(worker, target, lambda: True) is expected
     assert list(worker.assigned) == [t for t in tasks if not (answered and t is target)]
     assert target.halt_error is None and not target.future.done()  # the dispatcher acts

@@ -70,7 +70,10 @@ from poolkit._pool.claims import (
     take_back_below,
 )
 from poolkit._pool.deaths import StartupFailures, last_task, log_death, settle_held_tasks
-from poolkit._pool.halting import (
+from poolkit._pool.pending import PendingQueue
+from poolkit._pool.state import PoolState
+from poolkit._pool.stopping import (
+    GraceClock,
     Halt,
     TaskDeadlines,
     halt_task,
@@ -78,9 +81,6 @@ from poolkit._pool.halting import (
     stopped_error,
     timeout_error,
 )
-from poolkit._pool.pending import PendingQueue
-from poolkit._pool.state import PoolState
-from poolkit._pool.stopping import GraceClock
 from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, claim, fail, rebuild_exception, resolve
 from poolkit._pool.worker_handle import WorkerHandle, reap
 from poolkit._start_methods.registry import Backend
@@ -818,7 +818,7 @@ class Dispatcher:
         for worker in self._workers.values():
             worker.mark_closing()
             worker.signal(signum)
-        self._grace.after_signal(signum)
+        self._grace.after_signal()
 
     # ------------------------------------------------------------------ stopping
 
