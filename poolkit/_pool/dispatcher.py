@@ -71,6 +71,7 @@ from poolkit._pool.claims import (
 )
 from poolkit._pool.deaths import StartupFailures, last_task, log_death, settle_held_tasks
 from poolkit._pool.pending import PendingQueue
+from poolkit._pool.reading import read_messages
 from poolkit._pool.state import PoolState
 from poolkit._pool.stopping import (
     GraceClock,
@@ -83,24 +84,19 @@ from poolkit._pool.stopping import (
 )
 from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, claim, fail, rebuild_exception, resolve
 from poolkit._pool.worker_handle import WorkerHandle, reap
+from poolkit._pool.worker_set import WorkerSet
 from poolkit._start_methods.registry import Backend
-from poolkit._thread_signals import leave_signals_to_other_threads, signal_mask
-from poolkit._wire.buffers import open_buffers
+from poolkit._thread_signals import leave_signals_to_other_threads
 from poolkit._wire.messages import (
     Buffer,
-    FrameError,
     MessageKind,
     WorkerMessage,
     batch_prefix,
-    decode_message,
 )
 from poolkit._wire.transport import register_parent_fd, unregister_parent_fd
 from poolkit._worker.main import worker_main
 
 logger = logging.getLogger(__name__)
-
-#: Seconds a worker may live on after its result pipe hung up before the pool kills it.
-_HANG_UP_GRACE = 2.0
 
 #: A thread submitting a burst lets the dispatcher run once per this many queued tasks.
 YIELD_EVERY = 64
@@ -131,8 +127,9 @@ class Dispatcher:
         self._on_revoke = _weak_revoke(weakref.ref(self))
         #: A task with a priority was submitted: submits then keep the priority rule.
         self._prioritized = False
-        self._workers: dict[int, WorkerHandle] = {}
         self._selector = selectors.DefaultSelector()
+        self._worker_set = WorkerSet(backend, config_blob, max_tasks_per_child, self._selector)
+        self._workers = self._worker_set.by_pid  # pid -> handle, of every live worker
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -165,8 +162,6 @@ class Dispatcher:
         self._task_seconds: Optional[float] = None  # moving average of task run time
         self._startup_failures = StartupFailures()
         self._deadlines = TaskDeadlines()  # of the running tasks with a time limit
-        #: pid -> when a worker whose result pipe hung up unasked counts as cut off from it.
-        self._hung_up: dict[int, float] = {}
 
     # ------------------------------------------------------------------ caller side
 
@@ -177,7 +172,7 @@ class Dispatcher:
                 self._start_worker()
             self._backend.prepare_respawns(worker_main, self._config_blob)
         except BaseException:
-            self._kill_every_worker()
+            self._worker_set.kill_all()
             self._backend.close()
             self._close_fds()
             raise
@@ -352,7 +347,7 @@ class Dispatcher:
                 for key, _mask in events:
                     key.data()  # answers, worker deaths (-> BROKEN), writable inboxes
                 self._on_task_deadlines()
-                if self._hung_up:
+                if self._worker_set.hung_up:
                     self._on_hang_ups()
                 self._grace.escalate_if_due(self._workers.values(), time.monotonic())
         except BaseException as exc:  # a bug here must not leave futures unresolved
@@ -379,7 +374,7 @@ class Dispatcher:
         try:
             self._break(error)
         finally:
-            self._kill_every_worker()
+            self._worker_set.kill_all()
 
     def _on_wakeup(self) -> None:
         try:
@@ -408,7 +403,7 @@ class Dispatcher:
 
     def _select_timeout(self) -> Optional[float]:
         deadlines = [d for d in (self._grace.deadline, self._deadlines.next) if d is not None]
-        deadlines.extend(self._hung_up.values())
+        deadlines.extend(self._worker_set.hung_up.values())
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -528,55 +523,19 @@ class Dispatcher:
         """Read and act on every message the worker has written so far."""
         if not worker.reading:
             return
-        reader = worker.channel.reader
-        frames, at_eof = reader.read_frames()
-        for frame in frames:
-            try:
-                message = decode_message(frame)
-            except FrameError as exc:
-                self._on_channel_fault(worker, f"held {exc} (it begins {bytes(frame[:16])!r})")
-                return
-            if message.sender != worker.pid:
-                self._on_channel_fault(
-                    worker, f"held a message written by process {message.sender}, not the worker"
-                )
-                return
-            if message.buffers is not None:
-                message = self._receive_buffers(worker, message)
+        reading = read_messages(worker)
+        for message in reading.messages:
             self._on_message(worker, message)
-        if reader.fault is not None:
-            self._on_channel_fault(worker, f"held {reader.fault}")
-            return
-        if at_eof:
-            # The worker closed its end: it is exiting, and its death descriptor reports when
-            # it is gone. Unless it is not: a task that closed or replaced the pipe leaves a
-            # worker that runs on and can never answer. It gets a moment to die on its own
-            # (the hang-up comes just before the exit) before it counts as a fault.
+        if reading.fault is not None:
+            self._on_channel_fault(worker, reading.fault)
+        elif reading.at_eof:
             worker.stop_reading(self._selector)
             if worker.assigned or not worker.exit_expected:
-                self._hung_up[worker.pid] = time.monotonic() + _HANG_UP_GRACE
+                self._worker_set.note_hang_up(worker)  # it may run on, cut off from the pipe
 
     def _on_hang_ups(self) -> None:
-        now = time.monotonic()
-        for pid, due in list(self._hung_up.items()):
-            if due > now:
-                continue
-            del self._hung_up[pid]
-            worker = self._workers.get(pid)
-            if worker is not None and worker.fault is None:
-                self._on_channel_fault(worker, "was closed, and the worker ran on without it")
-
-    def _receive_buffers(self, worker: WorkerHandle, message: WorkerMessage) -> WorkerMessage:
-        # Taken off the side socket for every message that has them, in order, even one
-        # whose task is settled already: the next message's files come after them.
-        assert message.buffers is not None
-        try:
-            buffers = open_buffers(message.buffers, worker.channel.side)
-        except (ConnectionError, OSError) as exc:
-            # Unpickling then fails, and says so in the task's error.
-            logger.warning("the buffers of a message from worker %d: %s", worker.pid, exc)
-            return message._replace(buffers=None)
-        return message._replace(buffers=buffers)
+        for worker in self._worker_set.cut_off(time.monotonic()):
+            self._on_channel_fault(worker, "was closed, and the worker ran on without it")
 
     def _on_channel_fault(self, worker: WorkerHandle, reason: str) -> None:
         """Bytes on a worker's result pipe that the worker did not write as a message.
@@ -732,7 +691,7 @@ class Dispatcher:
         last = last_task(worker)  # before _release closes its slot
         if exitcode != 0 or last.crashed_id:
             kill_group(worker.pid)  # processes its task started must not outlive it
-        self._release(worker)
+        self._worker_set.release(worker)
         if not worker.reported_ready and self._state.assigns:
             self._on_startup_death(worker, exitcode)  # may break the pool
         settled = settle_held_tasks(
@@ -766,26 +725,12 @@ class Dispatcher:
     # ------------------------------------------------------------------ workers
 
     def _start_worker(self) -> WorkerHandle:
-        mask = (
-            signal_mask(self._inherited_mask)  # a new process inherits this thread's mask
-            if self.in_dispatcher_thread()
-            else contextlib.nullcontext()
+        return self._worker_set.start(
+            self._collect,
+            self._on_worker_exit,
+            in_dispatcher_thread=self.in_dispatcher_thread(),
+            inherited_mask=self._inherited_mask,
         )
-        # The parent-death signal fires when the thread that started the worker ends: only
-        # the main thread and this dispatcher's thread live as long as the worker.
-        long_lived = self.in_dispatcher_thread() or (
-            threading.current_thread() is threading.main_thread()
-        )
-        with mask:
-            worker = WorkerHandle.start(
-                self._backend, self._config_blob, self._max_tasks_per_child, long_lived
-            )
-        worker.running.release_worker_copy()  # the worker has its own copy now
-        self._workers[worker.pid] = worker
-        worker.register(
-            self._selector, lambda: self._collect(worker), lambda: self._on_worker_exit(worker)
-        )
-        return worker
 
     def _start_worker_or_break(self) -> None:
         try:
@@ -797,29 +742,6 @@ class Dispatcher:
             set_cause(error, exc)
             self._break(error)
 
-    def _release(self, worker: WorkerHandle) -> None:
-        """Forget a dead worker and close everything the parent held for it."""
-        self._workers.pop(worker.pid, None)
-        self._hung_up.pop(worker.pid, None)
-        worker.unregister(self._selector)
-        worker.close()
-
-    def _kill_every_worker(self) -> None:
-        """SIGKILL, reap and release every worker, each on its own (a failure is logged)."""
-        for worker in list(self._workers.values()):
-            try:
-                worker.signal(signal.SIGKILL)
-                worker.process.join(5.0)
-                self._release(worker)
-            except BaseException:
-                logger.exception("poolkit dispatcher cleanup of worker %d", worker.pid)
-
-    def _signal_all(self, signum: signal.Signals) -> None:
-        for worker in self._workers.values():
-            worker.mark_closing()
-            worker.signal(signum)
-        self._grace.after_signal()
-
     # ------------------------------------------------------------------ stopping
 
     def _close_inboxes_once_drained(self) -> None:
@@ -829,9 +751,7 @@ class Dispatcher:
         if self.pending or any(w.assigned for w in self._workers.values()):
             return
         self._state = PoolState.CLOSING
-        for worker in self._workers.values():
-            worker.mark_closing()
-            worker.channel.close_inbox()  # end-of-file: the worker exits by itself
+        self._worker_set.close_inboxes()
         self._grace.after_inboxes_closed()
 
     def _force(self, signum: signal.Signals) -> None:
@@ -853,6 +773,11 @@ class Dispatcher:
         self._fail_assigned()
         self._fail_pending()
         self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, signum: signal.Signals) -> None:
+        """Signal every worker to end; the grace clock escalates if they outlive it."""
+        self._worker_set.signal_all(signum)
+        self._grace.after_signal()
 
     def _drop_cancelled(self) -> None:
         """Take the tasks cancelled while queued off the queue, in order."""
