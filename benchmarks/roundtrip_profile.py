@@ -65,7 +65,7 @@ from poolkit import _executor_base as _frontend
 from poolkit._pickling import serialization as _serialization
 from poolkit._pool import dispatcher as _dispatcher
 from poolkit._pool.tasks import TaskState, resolve
-from poolkit._wire import transport as _transport
+from poolkit._wire import frames as _transport
 from poolkit._wire.messages import (
     MessageKind,
     batch_prefix,
@@ -1060,7 +1060,7 @@ FRAME = re.compile(r"^(.*) \((.*):(\d+)\)$")
 WAITS = (
     ("selectors.py", "select"),
     ("threading.py", "wait"),
-    ("poolkit/_wire/transport.py", "next_frame"),
+    ("poolkit/_wire/frames.py", "next_frame"),
     ("poolkit/_worker/main.py", "watch"),
 )
 #: The frame each thread's measured work runs under: "function (file" as py-spy names it.

@@ -269,7 +269,7 @@ def test_a_side_socket_that_cannot_be_made_closes_the_pipes_made_before(
 ) -> None:
     import multiprocessing
 
-    from poolkit._wire.transport import WorkerChannel
+    from poolkit._wire.channel import WorkerChannel
 
     def out_of_descriptors(*args: Any) -> Any:
         raise OSError(24, "Too many open files")

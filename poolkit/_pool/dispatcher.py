@@ -81,6 +81,7 @@ from poolkit._pool.worker_handle import UNSTARTED_DEATH_LIMIT, StartupFailures, 
 from poolkit._start_methods.registry import Backend
 from poolkit._thread_signals import leave_signals_to_other_threads, signal_mask
 from poolkit._wire.buffers import open_buffers
+from poolkit._wire.fds import register_parent_fd, unregister_parent_fd
 from poolkit._wire.messages import (
     Buffer,
     FrameError,
@@ -89,7 +90,6 @@ from poolkit._wire.messages import (
     batch_prefix,
     decode_message,
 )
-from poolkit._wire.transport import register_parent_fd, unregister_parent_fd
 from poolkit._worker.main import worker_main
 
 logger = logging.getLogger(__name__)

@@ -11,8 +11,9 @@ from typing import Optional
 from poolkit._errors import describe_exit
 from poolkit._pool.tasks import TaskState
 from poolkit._start_methods.registry import Backend, WorkerProcess
+from poolkit._wire.channel import WorkerChannel
+from poolkit._wire.fds import open_parent_pidfd, unregister_parent_fd
 from poolkit._wire.slots import RunningSlot
-from poolkit._wire.transport import WorkerChannel, register_parent_fd, unregister_parent_fd
 from poolkit._worker.main import worker_main
 from poolkit._worker.parent_watch import ParentLink
 
@@ -56,7 +57,7 @@ class WorkerHandle:
         self.ready = False  # the initializer ran
         self.replaced = False  # a successor was already started
         self.closing = False  # its inbox is closed: it takes no more tasks
-        self._pidfd = _open_pidfd(self.pid)
+        self._pidfd = open_parent_pidfd(self.pid)
         self.halted = False  # killed by the dispatcher to stop a task (a time limit, stop())
         self.writing = False  # its inbox is registered for write readiness
         self.reading = True  # its outbox is registered (until end-of-file)
@@ -222,14 +223,3 @@ class StartupFailures:
             f"or before it; its stderr says why), {self.in_a_row} times in a row; the pool "
             f"cannot start workers.{hint}"
         )
-
-
-def _open_pidfd(pid: int) -> Optional[int]:
-    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
-        return None
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return None  # already gone (its exit is reported anyway), or no kernel support
-    register_parent_fd(fd)  # a forked worker must not keep it
-    return fd

@@ -28,13 +28,16 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Callable, Optional
 
-from poolkit._wire.messages import ChildExit, SpawnReply, SpawnRequest
-from poolkit._wire.slots import RunningSlot
-from poolkit._wire.transport import (
+from poolkit._wire.fds import (
     close_inherited_parent_fds,
+    close_parent_fd,
+    pidfds_supported,
     register_parent_fd,
+    signal_pidfd,
     unregister_parent_fd,
 )
+from poolkit._wire.messages import ChildExit, SpawnReply, SpawnRequest
+from poolkit._wire.slots import RunningSlot
 from poolkit._worker.parent_watch import ParentLink
 
 logger = logging.getLogger(__name__)
@@ -55,13 +58,7 @@ class TemplateFailed(ConnectionError):
 
 def supported() -> bool:
     """Templates need pidfds (Linux 5.3+) and descriptor passing."""
-    if not hasattr(os, "pidfd_open") or not hasattr(socket, "send_fds"):
-        return False
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:
-        return False
-    return True
+    return hasattr(socket, "send_fds") and pidfds_supported()
 
 
 class ForkTemplate:
@@ -219,18 +216,14 @@ class TemplateChild:
         self._send(signal.SIGKILL)
 
     def _send(self, signum: signal.Signals) -> None:
-        try:
-            signal.pidfd_send_signal(self.sentinel, signum)
-        except ProcessLookupError:
-            pass
+        signal_pidfd(self.sentinel, signum)
 
     def close(self) -> None:
         if self.sentinel < 0:
             return
         if self.is_alive():
             raise ValueError("cannot close a process that is still running")
-        unregister_parent_fd(self.sentinel)
-        os.close(self.sentinel)
+        close_parent_fd(self.sentinel)
         self.sentinel = -1
 
 
@@ -286,8 +279,7 @@ def _template_main(
             elif fd in children:
                 process, pid = children.pop(fd)
                 poller.unregister(fd)
-                unregister_parent_fd(fd)
-                os.close(fd)
+                close_parent_fd(fd)
                 exitcode = _reap(process)
                 sock.send(pickle.dumps(ChildExit(pid, exitcode)))
 

@@ -5,7 +5,7 @@ process object (``pid``, ``sentinel``, ``exitcode``, ``terminate``, ``kill``, ``
 ``close``). A start method's quirks stay in its class:
 
 - ``fork`` copies the parent, so a worker inherits every descriptor the parent had open;
-  the worker closes poolkit's parent-only descriptors first thing (see ``_transport``).
+  the worker closes poolkit's parent-only descriptors first thing (see ``_wire.fds``).
 - ``spawn`` starts a fresh interpreter that re-imports the main module as ``__mp_main__``;
   functions defined in ``__main__`` travel by value through cloudpickle instead.
 - ``forkserver`` forks workers from a server process; poolkit adds its worker module to the

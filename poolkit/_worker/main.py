@@ -27,6 +27,8 @@ from poolkit._pickling import serialization as serialization
 from poolkit._pickling.initargs import unpack as unpack_config
 from poolkit._pickling.main_namespace import adopt_main_functions
 from poolkit._wire import buffers as _oob
+from poolkit._wire.fds import close_inherited_parent_fds
+from poolkit._wire.frames import BlockingFrameSource
 from poolkit._wire.messages import (
     ChunkOutcome,
     MessageKind,
@@ -35,7 +37,6 @@ from poolkit._wire.messages import (
     decode_batch,
     encode_message,
 )
-from poolkit._wire.transport import BlockingFrameSource, close_inherited_parent_fds
 from poolkit._worker.parent_watch import EXIT_PARENT_GONE, BusyFlag, ParentLink, start_watch
 from poolkit._worker.spin_wait import SpinWait
 
