@@ -204,8 +204,12 @@ PARENT_SIDE = (
     "poolkit._pickling.function_cache",
     "poolkit._pickling.function_snapshot",
     "poolkit._wire.channel",
+    "poolkit._start_methods.base",
     "poolkit._start_methods.registry",
+    "poolkit._start_methods.fork",
     "poolkit._start_methods.fork_template",
+    "poolkit._start_methods.spawn",
+    "poolkit._start_methods.forkserver",
 )
 
 
@@ -219,11 +223,13 @@ def _parent_side(modules: list[str]) -> list[str]:
 
 def _imported_by_worker_code() -> list[str]:
     """The poolkit modules a fresh interpreter has after importing the worker's entry."""
+    from poolkit._worker.args import WorkerArgs
     from poolkit._worker.main import worker_main
 
     code = (
         "import sys, importlib\n"
         f"importlib.import_module({worker_main.__module__!r})\n"
+        f"importlib.import_module({WorkerArgs.__module__!r})\n"
         "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('poolkit'))))\n"
     )
     out = subprocess.run(

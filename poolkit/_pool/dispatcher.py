@@ -78,7 +78,7 @@ from poolkit._pool.pending import PendingQueue
 from poolkit._pool.stopping import GraceClock
 from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, fail, rebuild_exception, resolve
 from poolkit._pool.worker_handle import UNSTARTED_DEATH_LIMIT, StartupFailures, WorkerHandle, reap
-from poolkit._start_methods.registry import Backend
+from poolkit._start_methods.base import StartMethod
 from poolkit._thread_signals import leave_signals_to_other_threads, signal_mask
 from poolkit._wire.buffers import open_buffers
 from poolkit._wire.fds import register_parent_fd, unregister_parent_fd
@@ -90,7 +90,6 @@ from poolkit._wire.messages import (
     batch_prefix,
     decode_message,
 )
-from poolkit._worker.main import worker_main
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: StartMethod,
         max_workers: int,
         config_blob: bytes,
         max_tasks_per_child: Optional[int],
@@ -170,7 +169,7 @@ class Dispatcher:
         try:
             for _ in range(self._max_workers):
                 self._start_worker()
-            self._backend.prepare_respawns(worker_main, self._config_blob)
+            self._backend.prepare_respawns(self._config_blob)
         except BaseException:
             for worker in list(self._workers.values()):
                 worker.process.kill()

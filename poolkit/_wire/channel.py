@@ -10,11 +10,11 @@ keeps is registered as parent-only (``fds``), so that no forked worker holds it.
 from __future__ import annotations
 
 import fcntl
+import multiprocessing.connection
 import os
 import socket
 from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from poolkit._wire.fds import register_parent_fd, unregister_parent_fd
 from poolkit._wire.frames import FrameReader, FrameWriter, frame_header
@@ -32,19 +32,26 @@ def _grow_pipe(fd: int) -> None:
         pass  # over the system limit (/proc/sys/fs/pipe-max-size): the default size works
 
 
+def one_way_pipe() -> tuple[Connection, Connection]:
+    """A ``multiprocessing`` pipe, ``(reading end, writing end)``."""
+    reader, writer = multiprocessing.connection.Pipe(duplex=False)
+    return reader, writer
+
+
 class WorkerChannel:
     """The inbox and outbox of one worker; the parent keeps the non-blocking ends.
 
     Beside them runs a Unix socket that carries the memory files of large buffers (see
-    ``buffers``), where the platform can pass descriptors.
+    ``buffers``), where the platform can pass descriptors. ``pipe`` makes each of the two
+    pipes, ``(reading end, writing end)``: the start method's (``StartMethod.pipe``).
     """
 
-    def __init__(self, context: BaseContext) -> None:
+    def __init__(self, pipe: Callable[[], tuple[Connection, Connection]] = one_way_pipe) -> None:
         made: list[Any] = []  # closed again if a later one cannot be made (EMFILE)
         try:
-            inbox_reader, inbox_writer = context.Pipe(duplex=False)
+            inbox_reader, inbox_writer = pipe()
             made += (inbox_reader, inbox_writer)
-            outbox_reader, outbox_writer = context.Pipe(duplex=False)
+            outbox_reader, outbox_writer = pipe()
             made += (outbox_reader, outbox_writer)
             side = worker_end = None
             if hasattr(socket, "send_fds"):

@@ -99,23 +99,6 @@ class ChunkOutcome(NamedTuple):
     error_args: str = ""  #: short repr of the failing item's arguments
 
 
-class SpawnRequest(NamedTuple):
-    """Parent -> fork template: fork a worker (its descriptors travel with the message)."""
-
-
-class SpawnReply(NamedTuple):
-    """Fork template -> parent: the worker was forked."""
-
-    pid: int
-
-
-class ChildExit(NamedTuple):
-    """Fork template -> parent: a worker forked by the template ended and was reaped."""
-
-    pid: int
-    exitcode: int
-
-
 #: task id, kind, length of the function blob, length of the arguments blob, number of
 #: out-of-band buffers (their table follows the arguments blob)
 TASK_HEADER = struct.Struct("!QBQQH")
