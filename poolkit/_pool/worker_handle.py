@@ -12,7 +12,8 @@ from poolkit._errors import describe_exit
 from poolkit._pool.tasks import TaskState
 from poolkit._start_methods.base import StartMethod, WorkerProcess
 from poolkit._wire.channel import WorkerChannel
-from poolkit._wire.fds import open_parent_pidfd, unregister_parent_fd
+from poolkit._wire.fds import open_parent_pidfd as _open_pidfd
+from poolkit._wire.fds import unregister_parent_fd
 from poolkit._wire.slots import RunningSlot
 from poolkit._worker.args import WorkerArgs
 from poolkit._worker.parent_watch import ParentLink
@@ -57,7 +58,7 @@ class WorkerHandle:
         self.ready = False  # the initializer ran
         self.replaced = False  # a successor was already started
         self.closing = False  # its inbox is closed: it takes no more tasks
-        self._pidfd = open_parent_pidfd(self.pid)
+        self._pidfd = _open_pidfd(self.pid)
         self.halted = False  # killed by the dispatcher to stop a task (a time limit, stop())
         self.writing = False  # its inbox is registered for write readiness
         self.reading = True  # its outbox is registered (until end-of-file)
