@@ -85,16 +85,15 @@ from poolkit._pool.stopping import (
 from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, claim, fail, rebuild_exception, resolve
 from poolkit._pool.worker_handle import WorkerHandle, reap
 from poolkit._pool.worker_set import WorkerSet
-from poolkit._start_methods.registry import Backend
+from poolkit._start_methods.base import StartMethod
 from poolkit._thread_signals import leave_signals_to_other_threads
+from poolkit._wire.fds import register_parent_fd, unregister_parent_fd
 from poolkit._wire.messages import (
     Buffer,
     MessageKind,
     WorkerMessage,
     batch_prefix,
 )
-from poolkit._wire.transport import register_parent_fd, unregister_parent_fd
-from poolkit._worker.main import worker_main
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: StartMethod,
         max_workers: int,
         config_blob: bytes,
         max_tasks_per_child: Optional[int],
@@ -170,7 +169,7 @@ class Dispatcher:
         try:
             for _ in range(self._max_workers):
                 self._start_worker()
-            self._backend.prepare_respawns(worker_main, self._config_blob)
+            self._backend.prepare_respawns(self._config_blob)
         except BaseException:
             self._worker_set.kill_all()
             self._backend.close()
