@@ -32,9 +32,11 @@ comparison; several ``--vary`` make every combination):
   script before the measurement and killed by pid after it.
 - ``bytecode``: ``compiled`` (pip-style ``.pyc`` files) or ``none`` (poolkit from source
   with ``PYTHONDONTWRITEBYTECODE=1``, as an editable install here: every process compiles it).
-- ``parent``: ``plain``, ``big`` (the measuring process has imported numpy and matplotlib,
-  when installed, and holds a million small objects) or ``threads`` (it runs four threads
-  that wake every millisecond, like a progress or sampling thread).
+- ``parent``: ``plain``, ``harness`` (the measuring process has imported what a harness's
+  own code imports: ``concurrent.futures.process``, ``multiprocessing.pool``, ``subprocess``,
+  ``argparse``), ``big`` (it has imported numpy and matplotlib, when installed, and holds a
+  million small objects) or ``threads`` (it runs four threads that wake every millisecond,
+  like a progress or sampling thread).
 - ``spin``: ``on`` or ``off`` (poolkit's workers do not poll their inbox before blocking;
   set through a ``sitecustomize`` in every process; no effect on the peers).
 - ``method``: ``fork``, ``spawn``, ``forkserver`` or ``default`` (each pool's own default).
@@ -58,8 +60,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-IMPLS = ("poolkit", "stdlib", "mppool", "loky")
-TITLES = {"poolkit": "poolkit", "stdlib": "stdlib PPE", "mppool": "mp.Pool", "loky": "loky"}
+#: ``candidate`` is poolkit from ``--candidate DIR`` (a patched checkout), beside this one.
+IMPLS = ("poolkit", "candidate", "stdlib", "mppool", "loky")
+TITLES = {
+    "poolkit": "poolkit",
+    "candidate": "candidate",
+    "stdlib": "stdlib PPE",
+    "mppool": "mp.Pool",
+    "loky": "loky",
+}
 WORKLOADS = ("latency", "burst", "map1", "cold")
 DEFAULTS = {
     "warmup": "full",
@@ -76,7 +85,7 @@ CHOICES = {
     "start": ("ready", "construct", "import", "lazy"),
     "stop": ("result", "shutdown"),
     "bytecode": ("compiled", "none"),
-    "parent": ("plain", "big", "threads"),
+    "parent": ("plain", "harness", "big", "threads"),
     "spin": ("on", "off"),
     "method": ("fork", "spawn", "forkserver", "default"),
 }
@@ -121,6 +130,7 @@ CHILD = r"""
 import json, os, statistics, sys, time
 spec = json.loads(sys.argv[1])
 c, impl, kind, n, workers = spec["cond"], spec["impl"], spec["workload"], spec["n"], spec["workers"]
+impl = "poolkit" if impl == "candidate" else impl
 method = None if c["method"] == "default" else c["method"]
 clock = time.perf_counter
 keep = []
@@ -131,6 +141,10 @@ if c["parent"] == "big":
         except ImportError:
             pass
     keep.append([str(i) for i in range(1000000)])
+elif c["parent"] == "harness":
+    # What a harness script's own code imports: the stdlib pool among them, so that the
+    # stdlib's import is paid before any clock, and poolkit's is not.
+    import argparse, concurrent.futures.process, multiprocessing.pool, subprocess, threading
 elif c["parent"] == "threads":
     import threading
     halt = threading.Event()
@@ -276,8 +290,11 @@ def label(cond: dict[str, str], varied: list[str]) -> str:
     return ", ".join(names) or "as set"
 
 
-def prepare(scratch: Path, checkout: Path) -> dict[str, Path]:
-    """The tasks module and two copies of poolkit: compiled (pip-style) and source only."""
+def prepare(scratch: Path, checkout: Path, candidate: Optional[Path] = None) -> dict[str, Path]:
+    """The tasks module and two copies of poolkit: compiled (pip-style) and source only.
+
+    With ``candidate``, two copies of that checkout's poolkit too (``candidate-compiled``...).
+    """
     tasks = scratch / "tasks"
     tasks.mkdir()
     (tasks / "uh_tasks.py").write_text(TASKS_MODULE)
@@ -285,12 +302,14 @@ def prepare(scratch: Path, checkout: Path) -> dict[str, Path]:
     compileall.compile_dir(str(tasks), quiet=2)
     sites = {}
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("compiled", "none"):
-        site = scratch / f"site-{name}"
-        shutil.copytree(checkout / "poolkit", site / "poolkit", ignore=ignore)
-        if name == "compiled":
-            compileall.compile_dir(str(site), quiet=2)
-        sites[name] = site
+    sources = {"": checkout, **({"candidate-": candidate} if candidate else {})}
+    for prefix, source in sources.items():
+        for name in ("compiled", "none"):
+            site = scratch / f"site-{prefix}{name}"
+            shutil.copytree(source / "poolkit", site / "poolkit", ignore=ignore)
+            if name == "compiled":
+                compileall.compile_dir(str(site), quiet=2)
+            sites[prefix + name] = site
     return {"tasks": tasks, **sites}
 
 
@@ -318,7 +337,8 @@ def measure(
 ) -> dict[str, Any]:
     """One measurement in a fresh ``python -c`` process, with the condition's hogs beside it."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(paths["tasks"]), str(paths[cond["bytecode"]])])
+    site = paths[("candidate-" if impl == "candidate" else "") + cond["bytecode"]]
+    env["PYTHONPATH"] = os.pathsep.join([str(paths["tasks"]), str(site)])
     env.pop("UH_NO_SPIN", None)
     if cond["spin"] == "off":
         env["UH_NO_SPIN"] = "1"
@@ -359,7 +379,9 @@ def machine_line(args: argparse.Namespace) -> str:
             pass
     return (
         f"{os.cpu_count()} CPUs ({platform.machine()}) | CPython {platform.python_version()} | "
-        f"{platform.platform()} | poolkit from {args.checkout} | {', '.join(versions)} | "
+        f"{platform.platform()} | poolkit from {args.checkout}"
+        + (f", candidate from {args.candidate}" if args.candidate else "")
+        + f" | {', '.join(versions)} | "
         f"{args.workers} workers, {args.reps} fresh-process repetitions, interleaved"
     )
 
@@ -403,6 +425,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, varied: list
             ratio = ""
             if "poolkit" in medians and "stdlib" in medians:
                 ratio = f"{medians['poolkit'] / medians['stdlib']:.2f}x"
+            if "poolkit" in medians and "candidate" in medians:
+                ratio += f" (candidate/poolkit {medians['candidate'] / medians['poolkit']:.2f}x)"
             loads = [r["load"] for r in rows]
             load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else ""
             out.append(f"| {cond_label} | " + " | ".join([*cells, ratio, load]) + " |")
@@ -411,7 +435,10 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, varied: list
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated")
+    parser.add_argument(
+        "--impls", default="poolkit,stdlib,mppool,loky", help=f"comma-separated, of {IMPLS}"
+    )
+    parser.add_argument("--candidate", type=Path, help="a patched checkout: impl 'candidate'")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
@@ -428,6 +455,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     unknown = set(args.impls) - set(IMPLS) | set(args.workloads) - set(WORKLOADS)
     if unknown:
         raise SystemExit(f"unknown implementation or workload: {', '.join(sorted(unknown))}")
+    if ("candidate" in args.impls) != (args.candidate is not None):
+        raise SystemExit("--candidate DIR and the implementation 'candidate' go together")
     varied = [item.partition("=")[0] for item in args.vary]
     conds = conditions(parse_settings(args.set), args.vary)
     cells = [(i, w, c) for w in args.workloads for c in conds for i in args.impls]
@@ -436,7 +465,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"load at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="user-harness-") as scratch:
-        paths = prepare(Path(scratch), args.checkout)
+        paths = prepare(Path(scratch), args.checkout, args.candidate)
         for rep in range(args.reps):
             # A, B, ... then ..., B, A: a drift of the machine's state lands on every cell.
             for impl, workload, cond in cells if rep % 2 == 0 else cells[::-1]:
