@@ -93,10 +93,13 @@ SIZES = {"latency": 2000, "burst": 20000, "map1": 10000, "cold": 1}
 QUICK_SIZES = {"latency": 200, "burst": 2000, "map1": 1000, "cold": 1}
 #: (key in the child's values, label, unit)
 HEADLINES = {
-    "latency": ("median_us", "latency submit(noop).result(), median", "us"),
-    "burst": ("rate", "submit burst, {n:,} no-ops waited together", "tasks/s"),
-    "map1": ("rate", "map {n:,} tiny tasks, chunksize 1", "tasks/s"),
-    "cold": ("first_ms", "cold start -> first result", "ms"),
+    "latency": [("median_us", "latency submit(noop).result(), median", "us")],
+    "burst": [("rate", "submit burst, {n:,} no-ops waited together", "tasks/s")],
+    "map1": [("rate", "map {n:,} tiny tasks, chunksize 1", "tasks/s")],
+    "cold": [
+        ("first_ms", "cold start -> first result (clock as set)", "ms"),
+        ("from_import_ms", "cold start from the import statement -> first result", "ms"),
+    ],
 }
 TIMEOUT = 120.0
 
@@ -241,6 +244,7 @@ elapsed = stamps[c["stop"]] - start
 values = {"elapsed_ms": elapsed * 1e3}
 if kind == "cold":
     values["first_ms"] = elapsed * 1e3
+    values["from_import_ms"] = (stamps["result"] - stamps["import"]) * 1e3
 elif kind == "latency":
     samples.sort()
     values["median_us"] = statistics.median(samples) * 1e6
@@ -403,8 +407,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, varied: list
     """One markdown table per workload: a row per condition, a column per implementation."""
     out = []
     impls = [impl for impl in IMPLS if impl in args.impls]
-    for workload in args.workloads:
-        key, title, unit = HEADLINES[workload]
+    for workload, (key, title, unit) in ((w, h) for w in args.workloads for h in HEADLINES[w]):
         size = (QUICK_SIZES if args.quick else SIZES)[workload]
         out.append(f"\n### {title.format(n=size)} ({unit}; ratio = poolkit / stdlib PPE)\n")
         head = ["condition", *(TITLES[i] for i in impls), "poolkit/stdlib", "load"]
