@@ -91,6 +91,7 @@ def worker_main(args: WorkerArgs) -> None:
         if config.initializer is not None:
             adopt_main_functions(config.initializer)(*config.initargs)
     except BaseException as exc:
+        _log_initializer_failure(exc)
         _end_if_forked(me)
         send(_describe_failure(MessageKind.INIT_FAILED, 0, exc, 0.0))
         sys.exit(1)
@@ -407,6 +408,23 @@ def _add_note(exc: BaseException, note: str) -> None:
     add_note = getattr(exc, "add_note", None)  # Python 3.11+
     if add_note is not None:
         add_note(note)
+
+
+def _log_initializer_failure(exc: BaseException) -> None:
+    """Log a failed initializer where the stdlib's workers do, as well as telling the parent.
+
+    ``ProcessPoolExecutor``'s workers log it at CRITICAL on the ``concurrent.futures`` logger
+    (with no handler set, Python prints it on stderr), and programs collect it there: an
+    initializer that sets a QueueHandler on that logger before it fails, as CPython's own
+    test of a failing initializer does. ``logging`` is imported only on this path, so a
+    worker that starts cleanly does not pay for it.
+    """
+    try:
+        import logging
+
+        logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
+    except BaseException:
+        pass  # a broken logging set-up must not hide the failure from the parent
 
 
 def _describe_failure(
