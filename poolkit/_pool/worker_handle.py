@@ -336,5 +336,3 @@ def reap(process: WorkerProcess) -> Optional[int]:
 
 
 _REAP_RETRIES = 200
-
-
