@@ -21,8 +21,7 @@ from typing import Callable, Optional
 from poolkit._pool.tasks import TaskState
 from poolkit._start_methods.base import StartMethod, WorkerProcess
 from poolkit._wire.channel import WorkerChannel
-from poolkit._wire.fds import open_parent_pidfd as _open_pidfd
-from poolkit._wire.fds import unregister_parent_fd
+from poolkit._wire.fds import open_parent_pidfd, unregister_parent_fd
 from poolkit._wire.slots import RunningSlot
 from poolkit._worker.args import WorkerArgs
 from poolkit._worker.parent_watch import ParentLink
@@ -76,7 +75,7 @@ class WorkerHandle:
         self._state = WorkerState.STARTING
         self._reported_ready = False  # its initializer ran (it may be CLOSING since)
         self._has_successor = False  # a worker to take its place was started already
-        self._pidfd = _open_pidfd(self.pid)
+        self._pidfd = open_parent_pidfd(self.pid)
         self._writing = False  # its inbox is registered for write readiness
         self._reading = False  # its outbox is registered (from register() to end-of-file)
         self.progress_at = 0.0  # when it last finished a task, or was given work while idle
@@ -336,5 +335,3 @@ def reap(process: WorkerProcess) -> Optional[int]:
 
 
 _REAP_RETRIES = 200
-
-
