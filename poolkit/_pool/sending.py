@@ -23,7 +23,7 @@ class Sending(DispatcherCore):
     """The dispatcher's sending side (a part of ``Dispatcher``; see ``_pool.dispatcher_core``)."""
 
     def _assign(self) -> None:
-        """Give pending tasks to workers with room (see ``_assignment``); then let each idle
+        """Give pending tasks to workers with room (see ``_pool.assignment``); then let each idle
         worker take back tasks that wait, unstarted, in another worker."""
         if not self._state.assigns:
             return
@@ -98,7 +98,7 @@ class Sending(DispatcherCore):
         self._flush(worker)
 
     def _post_claims(self, worker: WorkerHandle, batch: list[TaskState]) -> list[TaskState]:
-        """Post the batch's claim words (``_claims.post_claims``); the tasks to send."""
+        """Post the batch's claim words (``_pool.claims.post_claims``); the tasks to send."""
         if len(batch) == 1 and batch[0].claimed and not worker.assigned:
             # One task for an idle worker, marked running already: bound, nothing to take
             # back, no lock (a running future's cancel() is False whoever asks).
