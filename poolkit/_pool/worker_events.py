@@ -25,6 +25,10 @@ from poolkit._wire.messages import MessageKind, WorkerMessage
 
 logger = logging.getLogger(__name__)
 
+#: How much the newest task's run time moves the average that sizes prefetch batches
+#: (``_pool.assignment.in_flight_limit``): a few answers are enough to follow a change.
+NEWEST_DURATION_WEIGHT = 0.2
+
 
 class WorkerEvents(DispatcherCore):
     """The dispatcher's handlers of worker events (a part of ``Dispatcher``; see
@@ -115,7 +119,9 @@ class WorkerEvents(DispatcherCore):
         worker.note_progress(time.monotonic())
         previous = self._task_seconds
         self._task_seconds = (
-            message.duration if previous is None else 0.8 * previous + 0.2 * message.duration
+            message.duration
+            if previous is None
+            else (1 - NEWEST_DURATION_WEIGHT) * previous + NEWEST_DURATION_WEIGHT * message.duration
         )
         resolve(task, message, worker.pid)
 
