@@ -78,7 +78,6 @@ from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, claim, fail
 from poolkit._pool.worker_events import WorkerEvents
 from poolkit._pool.worker_handle import WorkerHandle
 from poolkit._thread_signals import leave_signals_to_other_threads
-from poolkit._worker.main import worker_main
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ class Dispatcher(Sending, WorkerEvents):
         try:
             for _ in range(self._max_workers):
                 self._start_worker()
-            self._backend.prepare_respawns(worker_main, self._config_blob)
+            self._backend.prepare_respawns(self._config_blob)
         except BaseException:
             self._worker_set.kill_all()
             self._backend.close()

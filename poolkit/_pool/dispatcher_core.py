@@ -31,8 +31,8 @@ from poolkit._pool.stopping import GraceClock, TaskDeadlines
 from poolkit._pool.tasks import TaskState, fail
 from poolkit._pool.worker_handle import WorkerHandle
 from poolkit._pool.worker_set import WorkerSet
-from poolkit._start_methods.registry import Backend
-from poolkit._wire.transport import register_parent_fd, unregister_parent_fd
+from poolkit._start_methods.base import StartMethod
+from poolkit._wire.fds import register_parent_fd, unregister_parent_fd
 
 
 class DispatcherCore:
@@ -40,7 +40,7 @@ class DispatcherCore:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: StartMethod,
         max_workers: int,
         config_blob: bytes,
         max_tasks_per_child: Optional[int],

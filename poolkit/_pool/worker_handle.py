@@ -19,10 +19,12 @@ import time
 from typing import Callable, Optional
 
 from poolkit._pool.tasks import TaskState
-from poolkit._start_methods.registry import Backend, WorkerProcess
+from poolkit._start_methods.base import StartMethod, WorkerProcess
+from poolkit._wire.channel import WorkerChannel
+from poolkit._wire.fds import open_parent_pidfd as _open_pidfd
+from poolkit._wire.fds import unregister_parent_fd
 from poolkit._wire.slots import RunningSlot
-from poolkit._wire.transport import WorkerChannel, register_parent_fd, unregister_parent_fd
-from poolkit._worker.main import worker_main
+from poolkit._worker.args import WorkerArgs
 from poolkit._worker.parent_watch import ParentLink
 
 
@@ -243,7 +245,7 @@ class WorkerHandle:
     @classmethod
     def start(
         cls,
-        backend: Backend,
+        start_method: StartMethod,
         config_blob: bytes,
         budget: Optional[int],
         long_lived_thread: bool = False,
@@ -253,22 +255,21 @@ class WorkerHandle:
         ``long_lived_thread``: the calling thread outlives the worker (the main thread, the
         dispatcher thread), so the worker may arm the parent-death signal against it.
         """
-        channel = WorkerChannel(backend.context)
+        channel = WorkerChannel(start_method.pipe)
         running = RunningSlot()
-        link = ParentLink(os.getpid(), backend.death_signal_safe(long_lived_thread))
+        link = ParentLink(os.getpid(), start_method.death_signal_safe(long_lived_thread))
+        assert channel.worker_inbox is not None and channel.worker_outbox is not None
         try:
-            process = backend.start_worker(
-                worker_main,
-                (
-                    channel.worker_inbox,
-                    channel.worker_outbox,
-                    channel.worker_side,
-                    running,
-                    config_blob,
-                    link,
-                    backend.carried,
-                ),
-                name=f"poolkit-worker-{backend.name}",
+            process = start_method.start_worker(
+                WorkerArgs(
+                    inbox=channel.worker_inbox,
+                    outbox=channel.worker_outbox,
+                    side=channel.worker_side,
+                    running=running,
+                    config_blob=config_blob,
+                    parent=link,
+                    carried=start_method.carried,
+                )
             )
         except BaseException:
             channel.close()
@@ -335,14 +336,3 @@ def reap(process: WorkerProcess) -> Optional[int]:
 
 
 _REAP_RETRIES = 200
-
-
-def _open_pidfd(pid: int) -> Optional[int]:
-    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
-        return None
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return None  # already gone (its exit is reported anyway), or no kernel support
-    register_parent_fd(fd)  # a forked worker must not keep it
-    return fd

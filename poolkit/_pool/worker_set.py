@@ -12,7 +12,7 @@ from collections.abc import Set as AbstractSet
 from typing import Callable, Optional
 
 from poolkit._pool.worker_handle import WorkerHandle
-from poolkit._start_methods.registry import Backend
+from poolkit._start_methods.base import StartMethod
 from poolkit._thread_signals import signal_mask
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class WorkerSet:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: StartMethod,
         config_blob: bytes,
         max_tasks_per_child: Optional[int],
         selector: selectors.BaseSelector,
