@@ -157,11 +157,11 @@ def test_an_interrupted_direct_send_loses_no_worker_and_no_task(
     # A signal handler's exception (Ctrl-C) can land between any two steps of the send a
     # caller's thread makes to an idle worker. No real signal can be aimed at one bytecode,
     # so the exception is raised from inside the send, where a handler would raise it.
-    from poolkit._pool import dispatcher as _dispatcher
+    from poolkit._pool import sending
     from poolkit._wire.frames import FrameWriter
 
     queue_frame = FrameWriter.queue_frame
-    batch_prefix = _dispatcher.batch_prefix
+    batch_prefix = sending.batch_prefix
     raised = []
 
     def interrupt() -> None:
@@ -182,7 +182,7 @@ def test_an_interrupted_direct_send_loses_no_worker_and_no_task(
     with Executor(1, start_method=start_method) as ex:
         assert ex.submit(tasks.square, 2).result(timeout=30) == 4  # warm: an idle worker
         if moment == "before it is assigned":
-            monkeypatch.setattr(_dispatcher, "batch_prefix", interrupted_prefix)
+            monkeypatch.setattr(sending, "batch_prefix", interrupted_prefix)
         else:
             monkeypatch.setattr(FrameWriter, "queue_frame", interrupted_queue)
         with pytest.raises(KeyboardInterrupt):

@@ -15,6 +15,7 @@ from poolkit._pool import stopping
 from poolkit._pool.stopping import FrozenLook, Halt, halt_task
 from poolkit._pool.tasks import TaskState
 from poolkit._pool.worker_handle import WorkerHandle, WorkerState
+from poolkit._pool.worker_set import HANG_UP_GRACE_SECONDS, WorkerSet
 
 
 class _Channel:
@@ -150,3 +151,23 @@ def test_halting_a_task_is_decided_from_what_the_frozen_worker_shows(
     assert halt_task(worker, target, lambda: True) is expected
     assert list(worker.assigned) == [t for t in tasks if not (answered and t is target)]
     assert target.halt_error is None and not target.future.done()  # the dispatcher acts
+
+
+def test_a_worker_that_hung_up_is_cut_off_once_its_grace_runs_out() -> None:
+    selector = selectors.DefaultSelector()
+    workers: Any = WorkerSet(None, b"", None, selector)  # type: ignore[arg-type]
+    quiet, faulted = _handle(), _handle()
+    faulted_pid = quiet.pid + 1  # both stand-ins share this process's pid
+    try:
+        workers.by_pid.update({quiet.pid: quiet, faulted_pid: faulted})
+        workers.note_hang_up(quiet)
+        workers.hung_up[faulted_pid] = workers.hung_up[quiet.pid]
+        faulted.mark_fault("held garbage")  # already being killed for another reason
+        due = workers.hung_up[quiet.pid]
+        assert workers.cut_off(due - HANG_UP_GRACE_SECONDS) == []  # still within its grace
+        assert workers.cut_off(due) == [quiet]
+        assert workers.hung_up == {} and workers.cut_off(due) == []
+    finally:
+        selector.close()
+        quiet.close()
+        faulted.close()

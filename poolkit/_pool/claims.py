@@ -1,7 +1,7 @@
 """The parent's side of the claims: where each task handed to a worker stands.
 
 A task handed to a busy worker stays *pending* until the worker claims it; the parent may take
-it back until then (``_slots.RunningSlot`` explains the claim and why it cannot race). This
+it back until then (``_wire.slots.RunningSlot`` explains the claim and why it cannot race). This
 module holds the parent's steps on those claims: posting them with a batch, learning that a
 task started, and taking tasks back, for an idle worker (stealing), for a higher priority, or
 for ``cancel()``. Each step that changes ``TaskState.board`` does it under ``CLAIMS_LOCK``,

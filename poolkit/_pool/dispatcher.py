@@ -12,7 +12,8 @@
 
 **submit** runs in the caller's thread. It pickles the function and arguments there, so a
 task that cannot be pickled fails its own future and never reaches this thread, then appends
-the task to ``pending`` and wakes the dispatcher through a pipe.
+the task to ``pending`` and wakes the dispatcher through a pipe (or, when a worker is idle
+and nothing waits, writes the task to that worker itself: ``_send_direct``).
 
 **The dispatcher** waits on every worker's outbox, every worker's process sentinel and the
 wakeup pipe with one ``selectors`` call. It assigns pending tasks to workers with room
@@ -29,71 +30,54 @@ it (a task taken back is dropped unread), marks it as running in a shared slot, 
 writes the outcome to its outbox. The slot is what lets the dispatcher tell "died while
 running task 7" from "died with task 7 still waiting".
 
-The policies the loop applies live beside it: which worker gets which tasks
-(``_assignment``), the claims that let it take a prefetched task back (``_claims``; why a
-claim cannot race is in ``_slots``), the queue by priority (``_pending``), stopping one task
-and time limits (``_halting``), the grace a stopping pool gives its workers (``_stopping``),
-a worker's handle and the startup failures that break a pool (``_workers``), and the errors
+The pool's life (``_pool.state``), one step of :meth:`Dispatcher._run` per arrow::
+
+    RUNNING ──shutdown()──► DRAINING ──no task left──► CLOSING ──┐
+       │                       │                      (inboxes   │
+       │                       │                       closed)   ├─► every worker gone:
+       └───────────────────────┴─ terminate_workers() ─► FORCED ─┤   the loop ends
+                                  kill_workers()                 │
+       any state ── cannot go on (initializer failed, ──► BROKEN ┘
+                    no worker starts, the loop raised)
+
+    each turn:  requests from other threads (-> DRAINING, -> FORCED; stop(), cancel())
+                assign pending tasks                    (RUNNING, DRAINING)
+                close the inboxes once drained          (DRAINING -> CLOSING)
+                wait; then act on what happened         (answers, deaths -> maybe BROKEN)
+                halt tasks past their deadline; grace   (escalate SIGTERM, SIGKILL)
+
+The class is written in four modules: ``_pool.dispatcher_core`` (its state and the pool's
+transitions), ``_pool.sending`` (tasks to workers), ``_pool.worker_events`` (messages,
+hang-ups, deaths) and this one (the caller-side API, the loop, halting). The policies it
+applies live beside it, each on its own and unit-tested: which worker gets which tasks
+(``_pool.assignment``), the claims that let it take a prefetched task back
+(``_pool.claims``; why a claim cannot race is in ``_wire.slots``), the queue by priority
+(``_pool.pending``), halting one task, time limits and a stopping pool's grace
+(``_pool.stopping``), whom a worker's death is charged to (``_pool.deaths``), a worker's
+lifecycle (``_pool.worker_handle``), reading its pipe (``_pool.reading``), and the errors
 futures get (``_errors``).
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import functools
 import logging
-import os
-import selectors
 import signal
 import threading
 import time
 import weakref
-from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
-from poolkit._errors import (
-    BrokenProcessPool,
-    TaskStopped,
-    describe_exit,
-    not_run_error,
-    safe_str,
-    set_cause,
-)
-from poolkit._pool.assignment import assignments, in_flight_limit, steal_share
-from poolkit._pool.claims import (
-    note_next_started,
-    notify_cancelled,
-    post_claims,
-    take_back,
-    take_back_below,
-)
-from poolkit._pool.deaths import StartupFailures, last_task, log_death, settle_held_tasks
-from poolkit._pool.pending import PendingQueue
-from poolkit._pool.reading import read_messages
+from poolkit._errors import BrokenProcessPool, TaskStopped, safe_str, set_cause
+from poolkit._pool.claims import take_back_below
+from poolkit._pool.sending import Sending
 from poolkit._pool.state import PoolState
-from poolkit._pool.stopping import (
-    GraceClock,
-    Halt,
-    TaskDeadlines,
-    halt_task,
-    kill_group,
-    stopped_error,
-    timeout_error,
-)
-from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, claim, fail, rebuild_exception, resolve
-from poolkit._pool.worker_handle import WorkerHandle, reap
-from poolkit._pool.worker_set import WorkerSet
-from poolkit._start_methods.base import StartMethod
+from poolkit._pool.stopping import Halt, halt_task, stopped_error, timeout_error
+from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, claim, fail
+from poolkit._pool.worker_events import WorkerEvents
+from poolkit._pool.worker_handle import WorkerHandle
 from poolkit._thread_signals import leave_signals_to_other_threads
-from poolkit._wire.fds import register_parent_fd, unregister_parent_fd
-from poolkit._wire.messages import (
-    Buffer,
-    MessageKind,
-    WorkerMessage,
-    batch_prefix,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -101,66 +85,12 @@ logger = logging.getLogger(__name__)
 YIELD_EVERY = 64
 
 
-class Dispatcher:
-    """Owns one executor's workers and in-flight tasks; see the module docstring."""
+class Dispatcher(Sending, WorkerEvents):
+    """Owns one executor's workers and in-flight tasks; see the module docstring.
 
-    def __init__(
-        self,
-        backend: StartMethod,
-        max_workers: int,
-        config_blob: bytes,
-        max_tasks_per_child: Optional[int],
-    ) -> None:
-        self._backend = backend
-        self._max_workers = max_workers
-        self._config_blob = config_blob
-        self._max_tasks_per_child = max_tasks_per_child
-        #: Tasks not yet assigned. Callers append; the dispatcher pops and may requeue left.
-        self.pending = PendingQueue()
-        #: Tasks a caller took back from a worker (cancel(), a higher priority): the
-        #: dispatcher drops them from that worker's list, and requeues those not cancelled.
-        self._revoked: collections.deque[TaskState] = collections.deque()
-        # Handed to every posted task. Through a weak reference: a bound method kept on the
-        # dispatcher itself would make a cycle, and the pool (its initargs: a user's queues
-        # and locks, their descriptors) would then wait for the garbage collector.
-        self._on_revoke = _weak_revoke(weakref.ref(self))
-        #: A task with a priority was submitted: submits then keep the priority rule.
-        self._prioritized = False
-        self._selector = selectors.DefaultSelector()
-        self._worker_set = WorkerSet(backend, config_blob, max_tasks_per_child, self._selector)
-        self._workers = self._worker_set.by_pid  # pid -> handle, of every live worker
-        self._wake_r, self._wake_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
-            register_parent_fd(fd)
-        register_parent_fd(self._selector.fileno())
-        self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
-        self._wake_signalled = False
-        #: Held while writing to ``_wake_w`` and while closing it. Without it, a caller could
-        #: write its byte after the dispatcher closed the pipe and the number went to another
-        #: pipe (another pool's worker inbox, say), which would read the byte as its own.
-        #: Reentrant: a signal handler in the thread that holds it may wake the pool too.
-        self._wake_lock = threading.RLock()
-        #: Held by the dispatcher thread except while it waits in ``select``: a caller that
-        #: takes it (never blocking) may hand a task straight to an idle worker.
-        self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-        self._inherited_mask: AbstractSet[int] = frozenset()  # the signal mask _run started with
-        # Requests from other threads; read by the dispatcher thread after a wakeup.
-        self._shutdown_requested = False  # shutdown() or a force: finish, then stop
-        self._force_signal: Optional[signal.Signals] = None
-        self._force_done = threading.Event()
-        self._cancelled_waiting = False  # cancel_pending() left cancelled tasks in the queue
-        #: Futures whose running task ``Executor.stop()`` asked to halt (any thread appends).
-        self._halt_requests: collections.deque[Future[Any]] = collections.deque()
-        # Dispatcher-thread state, changed under ``_lock`` (see ``_pool.state``).
-        self._state = PoolState.RUNNING
-        self._forced_by: Optional[str] = None  # the call that forced the pool (FORCED)
-        self.broken: Optional[BaseException] = None  # why the pool cannot go on (BROKEN)
-        self._grace = GraceClock()
-        self._task_seconds: Optional[float] = None  # moving average of task run time
-        self._startup_failures = StartupFailures()
-        self._deadlines = TaskDeadlines()  # of the running tasks with a time limit
+    Its state and transitions are in ``DispatcherCore`` (``_pool.dispatcher_core``), its
+    sending side in ``Sending``, its handlers of worker events in ``WorkerEvents``.
+    """
 
     # ------------------------------------------------------------------ caller side
 
@@ -211,11 +141,6 @@ class Dispatcher:
         self._revoked.extend(revoked)
         self.wake()
 
-    def _revoked_by_caller(self, task: TaskState) -> None:
-        """A caller's cancel() took ``task`` back from its worker (any thread)."""
-        self._revoked.append(task)
-        self.wake()
-
     def _send_direct(self, task: TaskState) -> bool:
         """From the caller's thread: write ``task`` to an idle worker now, if there is one.
 
@@ -254,20 +179,6 @@ class Dispatcher:
             return True
         finally:
             self._lock.release()
-
-    def wake(self) -> None:
-        """Make the dispatcher look at its requests and queue (any thread)."""
-        # One byte in the pipe is enough however many callers wake it; the flag is cleared
-        # by the dispatcher before it drains the queue, so no wakeup is ever missed.
-        if not self._wake_signalled:
-            self._wake_signalled = True
-            with self._wake_lock:
-                if self._wake_w < 0:
-                    return  # closed: the dispatcher is gone
-                try:
-                    os.write(self._wake_w, b"\0")
-                except OSError:
-                    pass  # full (BlockingIOError): it is awake already
 
     def request_stop(self) -> None:
         """Finish every pending task, then stop the workers (any thread)."""
@@ -310,44 +221,24 @@ class Dispatcher:
         if self._thread is not None and not self.in_dispatcher_thread():
             self._thread.join(timeout)
 
-    def in_dispatcher_thread(self) -> bool:
-        return threading.current_thread() is self._thread
-
-    def _still_running(self) -> bool:
-        """RUNNING, with no shutdown or force asked for that the dispatcher has yet to see
-        (any thread): a caller may hand a task straight to a worker, and a retiring worker
-        gets its successor before it exits."""
-        return self._state is PoolState.RUNNING and not self._shutdown_requested
-
-    def _finished(self) -> bool:
-        """Every worker is gone, and none will be started: the loop ends."""
-        return not self._workers and not self._state.assigns
-
     # ------------------------------------------------------------- the event loop
 
     def _run(self) -> None:
+        """The dispatcher thread: one turn of this loop per wakeup (see the module docstring)."""
         # Ctrl-C must wake the caller's thread, not this one.
         self._inherited_mask = leave_signals_to_other_threads()
         lock = self._lock
         lock.acquire()
         try:
             while not self._finished():
-                self._handle_requests()  # RUNNING -> DRAINING, -> FORCED; stop(), cancel()
+                self._handle_requests()  # -> DRAINING, -> FORCED; stop(), cancel()
                 self._assign()  # while RUNNING or DRAINING
                 self._close_inboxes_once_drained()  # DRAINING -> CLOSING
                 if self._finished():
                     break
-                timeout = self._select_timeout()
-                lock.release()
-                try:
-                    events = self._selector.select(timeout)
-                finally:
-                    lock.acquire()
-                for key, _mask in events:
-                    key.data()  # answers, worker deaths (-> BROKEN), writable inboxes
+                self._wait_and_act()  # answers, deaths (-> maybe BROKEN), writable inboxes
                 self._on_task_deadlines()
-                if self._worker_set.hung_up:
-                    self._on_hang_ups()
+                self._on_hang_ups()
                 self._grace.escalate_if_due(self._workers.values(), time.monotonic())
         except BaseException as exc:  # a bug here must not leave futures unresolved
             self._on_own_failure(exc)
@@ -375,16 +266,6 @@ class Dispatcher:
         finally:
             self._worker_set.kill_all()
 
-    def _on_wakeup(self) -> None:
-        try:
-            while len(os.read(self._wake_r, 4096)) == 4096:
-                pass  # a short read emptied the pipe
-        except BlockingIOError:
-            pass
-        # Clear the flag only after draining: a byte written after this point wakes the next
-        # select, and a caller that still saw the flag set queued its work before we look.
-        self._wake_signalled = False
-
     def _handle_requests(self) -> None:
         """Act on what other threads asked for since the last look."""
         signum = self._force_signal
@@ -400,216 +281,23 @@ class Dispatcher:
             self._cancelled_waiting = False
             self._drop_cancelled()
 
+    def _wait_and_act(self) -> None:
+        """Wait, without the lock, for the next event or deadline; run each event's handler."""
+        timeout = self._select_timeout()
+        self._lock.release()
+        try:
+            events = self._selector.select(timeout)
+        finally:
+            self._lock.acquire()
+        for key, _mask in events:
+            key.data()
+
     def _select_timeout(self) -> Optional[float]:
         deadlines = [d for d in (self._grace.deadline, self._deadlines.next) if d is not None]
         deadlines.extend(self._worker_set.hung_up.values())
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
-
-    # -------------------------------------------------------------- assignment
-
-    def _assign(self) -> None:
-        """Give pending tasks to workers with room (see ``_assignment``); then let each idle
-        worker take back tasks that wait, unstarted, in another worker."""
-        if not self._state.assigns:
-            return
-        if self.pending:
-            candidates = [w for w in self._workers.values() if w.accepting]
-            limit = in_flight_limit(self._task_seconds)
-            for worker, batch in assignments(self.pending, candidates, limit, time.monotonic()):
-                self._send(worker, batch)
-        if not self.pending:
-            self._steal_for_idle()
-
-    def _steal_for_idle(self) -> None:
-        """No task waits in one worker while another is idle: take it back, send it over."""
-        workers = self._workers.values()
-        # Only a task behind another can wait (a worker's first task is started, or is
-        # claimed for it as soon as it is free): most loops end here.
-        if not any(len(w.assigned) > 1 for w in workers):
-            return
-        for thief in [w for w in workers if w.accepting and not w.assigned]:
-            victim, wanted = steal_share(thief, self._workers.values(), time.monotonic())
-            if victim is None:
-                return
-            taken = take_back(wanted)
-            for task in taken:
-                victim.assigned.remove(task)
-            if not taken:
-                continue
-            self.pending.requeue(taken)
-            limit = in_flight_limit(self._task_seconds)
-            for worker, batch in assignments(self.pending, [thief], limit, time.monotonic()):
-                self._send(worker, batch)
-
-    def _take_back_revoked(self) -> None:
-        """Settle the tasks callers took back from workers (see ``_revoked``)."""
-        requeue = []
-        while self._revoked:
-            task = self._revoked.popleft()
-            for worker in self._workers.values():
-                try:
-                    worker.assigned.remove(task)
-                except ValueError:
-                    continue
-                # Only where it is found: a task not in a worker's list any more was
-                # requeued or settled (and its waiters told) by a worker's death.
-                if task.future.cancelled() and not task.claimed:
-                    notify_cancelled(task)
-                else:
-                    requeue.append(task)
-                break
-        self.pending.requeue(requeue)
-
-    def _send(self, worker: WorkerHandle, batch: list[TaskState]) -> None:
-        batch = self._post_claims(worker, batch)
-        if not batch:
-            return
-        timed = batch[0]
-        if timed.timeout is not None:  # alone in its batch (see take_batch): its clock starts now
-            self._deadlines.add(timed, worker.pid)
-        parts: list[Buffer] = [batch_prefix(len(batch))]
-        for task in batch:
-            parts.extend(task.parts)
-            if task.held is not None:
-                parts.extend(task.held.table_for(worker.channel.side))
-        worker.assigned.extend(batch)
-        if worker.spend_budget(len(batch)) and self._still_running():
-            # Start the successor now, so the pool never waits for the exit.
-            worker.note_successor_started()
-            self._start_worker_or_break()
-        writer = worker.channel.writer
-        assert writer is not None
-        writer.queue_frame(parts)
-        self._flush(worker)
-
-    def _post_claims(self, worker: WorkerHandle, batch: list[TaskState]) -> list[TaskState]:
-        """Post the batch's claim words (``_claims.post_claims``); the tasks to send."""
-        if len(batch) == 1 and batch[0].claimed and not worker.assigned:
-            # One task for an idle worker, marked running already: bound, nothing to take
-            # back, no lock (a running future's cancel() is False whoever asks).
-            slot, task = worker.running, batch[0]
-            slot.post(slot.sent, task.task_id, True)
-            task.board = None
-            task.seq = slot.sent
-            slot.sent += 1
-            return batch
-        with CLAIMS_LOCK:  # the top priority and the posting, in one step
-            top = self.pending.top_priority() if self._prioritized else None
-            posted, outranked = post_claims(worker, batch, top, self._on_revoke)
-        if outranked:
-            self.pending.requeue(outranked)
-        return posted
-
-    def _flush(self, worker: WorkerHandle) -> None:
-        writer = worker.channel.writer
-        if writer is None:
-            return
-        try:
-            done = writer.flush()
-        except BrokenPipeError:
-            writer.discard()  # the worker died; its sentinel brings us to _on_worker_exit
-            done = True
-        if done:
-            worker.stop_watching_writable(self._selector)
-        else:
-            worker.watch_writable(self._selector, lambda: self._flush(worker))
-
-    # -------------------------------------------------------------- collection
-
-    def _collect(self, worker: WorkerHandle) -> None:
-        """Read and act on every message the worker has written so far."""
-        if not worker.reading:
-            return
-        reading = read_messages(worker)
-        for message in reading.messages:
-            self._on_message(worker, message)
-        if reading.fault is not None:
-            self._on_channel_fault(worker, reading.fault)
-        elif reading.at_eof:
-            worker.stop_reading(self._selector)
-            if worker.assigned or not worker.exit_expected:
-                self._worker_set.note_hang_up(worker)  # it may run on, cut off from the pipe
-
-    def _on_hang_ups(self) -> None:
-        for worker in self._worker_set.cut_off(time.monotonic()):
-            self._on_channel_fault(worker, "was closed, and the worker ran on without it")
-
-    def _on_channel_fault(self, worker: WorkerHandle, reason: str) -> None:
-        """Bytes on a worker's result pipe that the worker did not write as a message.
-
-        A task wrote into the pipe, or a process it forked did: nothing more read from it
-        can be trusted. The fault is the worker's alone. It is killed with its process
-        group, and its death (``_on_worker_exit``) fails the task it had started, naming
-        the fault, and sends the others to other workers.
-        """
-        worker.stop_reading(self._selector)
-        if worker.fault is not None:
-            return
-        worker.mark_fault(reason)  # charged to the oldest task still unanswered
-        logger.warning("poolkit worker %d: its result pipe %s; killing it", worker.pid, reason)
-        kill_group(worker.pid)
-
-    def _on_message(self, worker: WorkerHandle, message: WorkerMessage) -> None:
-        kind = message.kind
-        if kind is MessageKind.RESULT or kind is MessageKind.ERROR:
-            assigned = worker.assigned
-            if assigned and assigned[0].task_id == message.task_id:  # the common case
-                # Resolved while still in the list, then taken off: if resolving fails
-                # (it should not), the dispatcher's own failure path still settles it.
-                self._on_answer(worker, assigned[0], message)
-                assigned.popleft()
-                note_next_started(worker)
-            else:
-                self._on_answer_by_id(worker, message)
-        elif kind is MessageKind.SKIPPED:
-            self._on_answer_by_id(worker, message)
-        elif kind is MessageKind.READY:
-            worker.mark_ready()
-            self._startup_failures.worker_ready()
-        elif kind is MessageKind.INIT_FAILED:
-            self._on_initializer_failure(worker, message)
-        elif kind is MessageKind.RETIRING:
-            self._on_retiring(worker)
-        elif kind is MessageKind.LOOP_FAILED:
-            worker.note_loop_error(rebuild_exception(message, "the worker's exception"))
-
-    def _on_answer_by_id(self, worker: WorkerHandle, message: WorkerMessage) -> None:
-        """A SKIPPED, or a RESULT or ERROR not for the oldest task the worker holds."""
-        # Answers are matched by id, not by order: the oldest task may have lost its answer
-        # (its code closed or replaced the worker's pipe), and the others must not lose
-        # theirs with it. That task is settled when the worker ends.
-        task = next((t for t in worker.assigned if t.task_id == message.task_id), None)
-        if task is None:
-            # Only a task the dispatcher already settled (halted while its answer was on the
-            # way) can be missing; the answer is moot.
-            logger.debug("worker %d answered settled task %d", worker.pid, message.task_id)
-            return
-        if message.kind is MessageKind.SKIPPED:
-            worker.note_progress(time.monotonic())
-            fail(task, task.halt_error or TaskStopped("the task was stopped before it started"))
-        else:
-            self._on_answer(worker, task, message)
-        with contextlib.suppress(ValueError):
-            worker.assigned.remove(task)
-        note_next_started(worker)
-
-    def _on_answer(self, worker: WorkerHandle, task: TaskState, message: WorkerMessage) -> None:
-        """A task's RESULT or ERROR: resolve its future."""
-        worker.note_progress(time.monotonic())
-        previous = self._task_seconds
-        self._task_seconds = (
-            message.duration if previous is None else 0.8 * previous + 0.2 * message.duration
-        )
-        resolve(task, message, worker.pid)
-
-    def _on_retiring(self, worker: WorkerHandle) -> None:
-        # Over its memory limit: it exits after this message. Its successor starts now.
-        worker.mark_closing()
-        if not worker.has_successor and self._still_running():
-            worker.note_successor_started()
-            self._start_worker_or_break()
 
     # ------------------------------------------------------------ halting tasks
 
@@ -667,159 +355,3 @@ class Dispatcher:
             task.halt_error = error(False)  # what its SKIPPED answer will fail it with
             if outcome is Halt.SKIPPED_NOW:
                 fail(task, task.halt_error)
-
-    def _on_initializer_failure(self, worker: WorkerHandle, message: WorkerMessage) -> None:
-        cause = rebuild_exception(message, "the initializer's exception")
-        error = BrokenProcessPool(
-            f"the initializer failed in worker {worker.pid} "
-            f"({type(cause).__name__}: {safe_str(cause)}); the pool cannot start workers"
-        )
-        set_cause(error, cause)
-        self._break(error)
-
-    # ------------------------------------------------------------- worker deaths
-
-    def _on_worker_exit(self, worker: WorkerHandle) -> None:
-        self._collect(worker)  # results written before it died still count
-        if self._revoked:
-            self._take_back_revoked()
-        with CLAIMS_LOCK:
-            for task in worker.assigned:
-                task.board = None  # its slot is closed below; nobody may swap its words
-        exitcode = reap(worker.process)
-        last = last_task(worker)  # before _release closes its slot
-        if exitcode != 0 or last.crashed_id:
-            kill_group(worker.pid)  # processes its task started must not outlive it
-        self._worker_set.release(worker)
-        if not worker.reported_ready and self._state.assigns:
-            self._on_startup_death(worker, exitcode)  # may break the pool
-        settled = settle_held_tasks(
-            worker,
-            exitcode,
-            last,
-            abandoned=self._state.abandons_tasks,
-            forced_by=self._forced_by,
-            not_run_error=self._not_run_error,
-        )
-        self.pending.requeue(settled.requeue)
-        log_death(worker, exitcode, settled)
-        if not worker.has_successor and self._state.assigns:
-            self._start_worker_or_break()
-
-    def _on_startup_death(self, worker: WorkerHandle, exitcode: Optional[int]) -> None:
-        """A worker died before it was ready: retry a little, then declare the pool broken."""
-        why = self._startup_failures.worker_died(worker.pid, exitcode, self._backend.name)
-        if why is not None:
-            self._break(BrokenProcessPool(why))
-            return
-        logger.warning(
-            "poolkit worker %d %s while starting up; starting another",
-            worker.pid,
-            describe_exit(exitcode),
-        )
-
-    def _not_run_error(self) -> BrokenProcessPool:
-        return not_run_error(self.broken, self._forced_by)
-
-    # ------------------------------------------------------------------ workers
-
-    def _start_worker(self) -> WorkerHandle:
-        return self._worker_set.start(
-            self._collect,
-            self._on_worker_exit,
-            in_dispatcher_thread=self.in_dispatcher_thread(),
-            inherited_mask=self._inherited_mask,
-        )
-
-    def _start_worker_or_break(self) -> None:
-        try:
-            self._start_worker()
-        except Exception as exc:
-            error = BrokenProcessPool(
-                f"could not start a replacement worker: {safe_str(exc, repr)}"
-            )
-            set_cause(error, exc)
-            self._break(error)
-
-    # ------------------------------------------------------------------ stopping
-
-    def _close_inboxes_once_drained(self) -> None:
-        """DRAINING -> CLOSING: once every task is done, close the inboxes."""
-        if self._state is not PoolState.DRAINING:
-            return
-        if self.pending or any(w.assigned for w in self._workers.values()):
-            return
-        self._state = PoolState.CLOSING
-        self._worker_set.close_inboxes()
-        self._grace.after_inboxes_closed()
-
-    def _force(self, signum: signal.Signals) -> None:
-        """-> FORCED (a broken pool stays BROKEN): ``terminate_workers()`` or
-        ``kill_workers()`` signals every worker now."""
-        killing = signum == signal.SIGKILL
-        self._forced_by = "Executor.kill_workers()" if killing else "Executor.terminate_workers()"
-        if self._state is not PoolState.BROKEN:
-            self._state = PoolState.FORCED
-        self._signal_all(signum)
-        self._force_done.set()
-
-    def _break(self, error: BaseException) -> None:
-        """-> BROKEN: the pool cannot go on; fail every task, stop every worker."""
-        if self._state is PoolState.BROKEN:
-            return
-        self.broken = error
-        self._state = PoolState.BROKEN
-        self._fail_assigned()
-        self._fail_pending()
-        self._signal_all(signal.SIGTERM)
-
-    def _signal_all(self, signum: signal.Signals) -> None:
-        """Signal every worker to end; the grace clock escalates if they outlive it."""
-        self._worker_set.signal_all(signum)
-        self._grace.after_signal()
-
-    def _drop_cancelled(self) -> None:
-        """Take the tasks cancelled while queued off the queue, in order."""
-        for task in self.pending.take_out(lambda t: not t.claimed and t.future.cancelled()):
-            notify_cancelled(task)
-
-    def _fail_pending(self) -> None:
-        while True:
-            try:
-                task = self.pending.popleft()
-            except IndexError:
-                return
-            fail(task, self._not_run_error())
-
-    def _fail_assigned(self) -> None:
-        for worker in list(self._workers.values()):
-            while worker.assigned:
-                fail(worker.assigned.popleft(), self._not_run_error())
-
-    def _fail_leftovers(self) -> None:
-        # Every future resolves: anything still queued when the loop ends gets an error.
-        self._fail_pending()
-        self._fail_assigned()
-
-    def _close_fds(self) -> None:
-        for fd in (self._wake_r, self._wake_w, self._selector.fileno()):
-            unregister_parent_fd(fd)
-        self._selector.close()
-        with self._wake_lock:
-            for fd in (self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._wake_r = self._wake_w = -1
-
-
-def _weak_revoke(dispatcher: weakref.ref[Dispatcher]) -> Callable[[TaskState], None]:
-    """``Dispatcher._revoked_by_caller`` without a strong reference to the dispatcher."""
-
-    def on_revoke(task: TaskState) -> None:
-        target = dispatcher()
-        if target is not None:
-            target._revoked_by_caller(task)
-
-    return on_revoke

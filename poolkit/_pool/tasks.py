@@ -80,7 +80,7 @@ class TaskState:
         self.items = items  # calls in the task (a map chunk holds several)
         #: Why the task was halted before it started (stop or deadline), once asked.
         self.halt_error: Optional[BaseException] = None
-        #: Memory files of the arguments' large buffers, kept as ``parts`` are (``_oob``).
+        #: Memory files of the arguments' large buffers, kept as ``parts`` are (``_wire.buffers``).
         self.held = held
         #: Workers that died for no task's fault while holding this one, before it started.
         self.unstarted_deaths = 0
@@ -101,7 +101,7 @@ class TaskState:
         """The future's ``cancel()``: True if the task will never run.
 
         A task prefetched by a worker but not started is taken back from it first (its
-        claim word, see ``_slots.RunningSlot``); if the worker claimed it already, it is
+        claim word, see ``_wire.slots.RunningSlot``); if the worker claimed it already, it is
         running: the future is marked so and the answer is False, as for any running task.
         """
         future = self.future
