@@ -50,10 +50,10 @@ import weakref
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar
 
+from poolkit import _errors as errors
 from poolkit import _lifecycle as lifecycle
 from poolkit._dask.runner import run_task
 from poolkit._dask.security import PrivateCluster, check_address
-from poolkit._errors import BrokenProcessPool, WorkerCrashedError
 from poolkit._executor_base import TaskFrontend
 from poolkit._pool.tasks import TaskFuture, TaskState, fail, resolve
 from poolkit._thread_signals import leave_signals_to_other_threads
@@ -521,7 +521,7 @@ class _Session:
                             break
         except BaseException as exc:  # a bug in poolkit: never leave a future unresolved
             logger.exception("the poolkit dask thread failed")
-            self._break(BrokenProcessPool(f"the poolkit dask thread failed: {exc!r}"))
+            self._break(errors.dask_thread_failed(exc))
         finally:
             self._close()
 
@@ -564,12 +564,7 @@ class _Session:
             if dask_future.status == "cancelled":
                 self._finish(entry, self._cancelled_error(dask_future))
                 return
-            error = BrokenProcessPool(
-                f"the result of {task.fn_name}() could not be fetched from the dask cluster: "
-                f"{type(exc).__name__}: {exc}"
-            )
-            error.__cause__ = exc
-            self._finish(entry, error)
+            self._finish(entry, errors.dask_fetch_failed(task.fn_name, exc))
         else:
             self._finish(entry, value)
 
@@ -592,14 +587,7 @@ class _Session:
             exc = dask_future.exception()
         except BaseException as fetch_error:
             exc = fetch_error
-        if type(exc).__name__ == "KilledWorker":
-            return _worker_crashed(task.fn_name, exc)
-        message = f"dask could not run {task.fn_name}(): {type(exc).__name__}: {exc}"
-        if isinstance(exc, ImportError) and "poolkit" in str(exc):
-            message += " (poolkit must be installed on every dask worker)"
-        error = BrokenProcessPool(message)
-        error.__cause__ = exc
-        return error
+        return errors.dask_run_failed(task.fn_name, exc)
 
     def _cancelled_error(self, dask_future: Any) -> BaseException:
         """The error for a task dask cancelled behind poolkit's back (lost scheduler...)."""
@@ -611,13 +599,10 @@ class _Session:
             reason = "unknown"
         status = getattr(self.client, "status", "")
         if reason == "scheduler-connection-lost" or status in ("connecting", "closing", "closed"):
-            error = self.broken or BrokenProcessPool(
-                f"lost the connection to the dask scheduler at {self.address} "
-                f"({reason}); the task's outcome is unknown"
-            )
+            error = self.broken or errors.dask_scheduler_lost(self.address, reason)
             self.broken = error
             return error
-        return BrokenProcessPool(f"dask cancelled the task ({reason}); it did not complete")
+        return errors.dask_cancelled(reason)
 
     def _break(self, error: BaseException) -> None:
         self.broken = error
@@ -642,21 +627,3 @@ class _Session:
                 logger.warning("closing the local dask cluster failed: %r", exc)
         if self.private is not None:
             self.private.close()
-
-
-def _worker_crashed(fn_name: str, killed: BaseException) -> WorkerCrashedError:
-    """``KilledWorker`` as poolkit's error: which dask worker died, running what."""
-    worker = getattr(killed, "last_worker", None)
-    address = getattr(worker, "address", None) or "?"
-    pid = getattr(worker, "pid", None)
-    allowed = getattr(killed, "allowed_failures", 0) or 0
-    who = f"dask worker {address}" + (f" (pid {pid})" if pid else "")
-    message = f"{who} died while running {fn_name}()"
-    if allowed:
-        message += (
-            f", after dask had re-run it on {allowed} other worker(s) that died too "
-            f"(distributed.scheduler.allowed-failures={allowed})"
-        )
-    error = WorkerCrashedError(message, pid=pid if isinstance(pid, int) else None, fn_name=fn_name)
-    error.__cause__ = killed
-    return error

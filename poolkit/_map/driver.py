@@ -28,9 +28,7 @@ import importlib
 import itertools
 import logging
 import math
-import pickle
 import queue
-import sys
 import threading
 import time
 import weakref
@@ -38,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sized
 from concurrent import futures
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from poolkit._errors import BrokenProcessPool, map_shut_down_error, remote_exception
+from poolkit import _errors as errors
 from poolkit._map.chunk_future import ChunkFuture
 from poolkit._map.chunking import AutoChunks, ChunkSizer, FixedChunks
 from poolkit._map.via_submit import fixed_chunksize, submit_map, submit_replaced
@@ -217,9 +215,7 @@ class _ChunkSubmitter:
         try:
             self._fn_blob = executor._function_blob(fn)
         except (Exception, SystemExit) as exc:
-            error = pickle.PicklingError(f"cannot pickle the function {self.fn_name}: {exc}")
-            error.__cause__ = exc
-            self._fn_error = error
+            self._fn_error = errors.unpicklable_function(self.fn_name, exc)
 
     def __call__(self, start: int, chunk: list[Any], sizer: ChunkSizer) -> list[_Chunk]:
         """Submit one chunk. Empty if the executor no longer exists.
@@ -275,18 +271,14 @@ class _ChunkSubmitter:
             try:
                 serialization.dumps(args)
             except (Exception, SystemExit) as exc:
-                error = pickle.PicklingError(
-                    f"cannot pickle the arguments of {self.fn_name}() for map item "
-                    f"{start + index}: {exc}"
-                )
-                error.__cause__ = exc
+                error = errors.unpicklable_map_item(self.fn_name, start + index, exc)
                 entries = []
                 if index:
                     entries.extend(self(start, chunk[:index], sizer))
                 entries.append(self._failed(start + index, len(chunk) - index, error))
                 return entries
         # Each item pickles alone but not together (shared state?): fail the chunk.
-        error = pickle.PicklingError(f"cannot pickle the arguments of {self.fn_name}()")
+        error = errors.unpicklable_map_chunk(self.fn_name)
         return [self._failed(start, len(chunk), error)]
 
 
@@ -383,11 +375,11 @@ class MapRun:
         self.next_index += len(chunk)
         try:
             entries = self.submit(start, chunk, self.sizer)
-        except BrokenProcessPool as exc:  # the pool broke meanwhile
+        except errors.BrokenProcessPool as exc:  # the pool broke meanwhile
             self._stop_input(exc)
             return False
         except RuntimeError as exc:  # shut down meanwhile: _enqueue_chunk's other refusal
-            self._stop_input(map_shut_down_error(exc))
+            self._stop_input(errors.map_shut_down_error(exc))
             return False
         if not entries:  # the executor is gone
             self.items = None
@@ -459,12 +451,7 @@ class MapRun:
         """The results of a finished chunk and the exception to raise after them, if any."""
         value, error = entry.outcome()
         if error is not None:
-            if entry.count == 1:
-                where = f"map item {entry.start}"
-            else:
-                last = entry.start + entry.count - 1
-                where = f"map items {entry.start} to {last} (a chunk that failed as a whole)"
-            _mark(error, entry.start, where)
+            errors.mark_map_error(error, entry.start, errors.chunk_place(entry.start, entry.count))
             return [], error
         outcome: ChunkOutcome = value
         # The caller pops the results from this very list as it yields them, so the future's
@@ -475,16 +462,9 @@ class MapRun:
 
     def _item_error(self, entry: _Chunk, outcome: ChunkOutcome) -> BaseException:
         assert outcome.error_index is not None
-        index = entry.start + outcome.error_index
         call = f"{self.submit.fn_name}({outcome.error_args})"
-        where = f"map item {index}: {call}"
-        tb = outcome.traceback
-        if sys.version_info < (3, 11):
-            # No notes before 3.11: say it in the worker's traceback, which is printed.
-            tb = f"{tb.rstrip()}\n\n(poolkit: raised by {where})\n"
-        error = remote_exception(outcome.error, None, tb, f"the exception raised by {call}")
-        _mark(error, index, where)
-        return error
+        index = entry.start + outcome.error_index
+        return errors.map_item_error(outcome.error, outcome.traceback, index, call)
 
     def cancel(self) -> None:
         """Cancel every chunk that has not started; stop reading the input."""
@@ -493,18 +473,6 @@ class MapRun:
             self.in_flight.popleft().cancel()
         while self.pending:
             self.pending.pop().cancel()
-
-
-def _mark(error: BaseException, index: int, where: str) -> None:
-    """Record which map item failed: a ``map_index`` attribute, and a note on 3.11+."""
-    try:
-        error.map_index = index  # type: ignore[attr-defined]
-    except Exception:
-        pass  # an exception class that refuses attributes: the note and traceback remain
-    note = f"(poolkit: raised by {where})"
-    add_note = getattr(error, "add_note", None)
-    if add_note is not None and note not in getattr(error, "__notes__", ()):
-        add_note(note)
 
 
 # ---------------------------------------------------------------------------- results
