@@ -19,10 +19,13 @@ import sys
 from concurrent import futures
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from poolkit._error_notes import add_note
 from poolkit._pickling import serialization as serialization
+
+if TYPE_CHECKING:
+    from poolkit._wire.messages import WorkerMessage
 
 # Before 3.11 concurrent.futures.TimeoutError is its own class; since, it is the builtin.
 _FUTURES_TIMEOUT: tuple[type, ...] = (
@@ -254,6 +257,12 @@ def not_run_error(broken: Optional[BaseException], forced_by: Optional[str]) -> 
     if forced_by is not None:
         return BrokenProcessPool(f"the task did not run: the workers were stopped by {forced_by}")
     return BrokenProcessPool("the task did not run: the executor stopped first")
+
+
+def rebuild_exception(message: WorkerMessage, what: str) -> BaseException:
+    """The exception a worker sent in an ERROR message, with the worker's traceback as its
+    ``__cause__`` (see :func:`remote_exception`, which never raises either)."""
+    return remote_exception(message.payload, message.buffers, message.traceback, what)
 
 
 def remote_exception(
