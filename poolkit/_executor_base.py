@@ -21,7 +21,8 @@ from poolkit import _errors as errors
 from poolkit._futures import new_future
 from poolkit._lifecycle import interpreter_exiting
 from poolkit._map import driver as _map
-from poolkit._map.driver import BuffersizeArg, ChunksizeArg, MapRun, ProgressArg
+from poolkit._map.driver import BuffersizeArg, ChunksizeArg, ProgressArg
+from poolkit._map.run import MapRun
 from poolkit._options import DEFAULT
 from poolkit._pickling import serialization as serialization
 from poolkit._pickling.function_cache import FunctionBlobs
