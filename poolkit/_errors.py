@@ -1,25 +1,38 @@
-"""Exception classes, and the words poolkit uses to describe how a worker ended.
+"""Exception classes, and every message poolkit builds for an exception it raises.
 
 Every poolkit exception subclasses a standard-library exception that code written for
 ``concurrent.futures.ProcessPoolExecutor`` already catches, so switching executors never
 turns a handled failure into an unhandled one.
+
+The builders below the classes make the exceptions a task's future fails with (or the
+executor raises), with their words in one place: how a worker ended, why a task did not
+run, what could not be pickled, where in a map an item failed, what the dask cluster did.
+Short reprs and exception notes come from :mod:`poolkit._error_notes`, which the worker
+process uses too without importing this module.
 """
 
 from __future__ import annotations
 
+import pickle
 import signal
+import sys
 from concurrent import futures
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from poolkit._error_notes import add_note
 from poolkit._pickling import serialization as serialization
+
+if TYPE_CHECKING:
+    from poolkit._wire.messages import WorkerMessage
 
 # Before 3.11 concurrent.futures.TimeoutError is its own class; since, it is the builtin.
 _FUTURES_TIMEOUT: tuple[type, ...] = (
     () if issubclass(futures.TimeoutError, TimeoutError) else (futures.TimeoutError,)
 )
 
+#: The exception classes (``poolkit`` exports them). The builders are poolkit's own.
 __all__ = [
     "BrokenProcessPool",
     "DeserializationError",
@@ -27,7 +40,6 @@ __all__ = [
     "TaskStopped",
     "TaskTimeoutError",
     "WorkerCrashedError",
-    "describe_exit",
 ]
 
 
@@ -247,6 +259,12 @@ def not_run_error(broken: Optional[BaseException], forced_by: Optional[str]) -> 
     return BrokenProcessPool("the task did not run: the executor stopped first")
 
 
+def rebuild_exception(message: WorkerMessage, what: str) -> BaseException:
+    """The exception a worker sent in an ERROR message, with the worker's traceback as its
+    ``__cause__`` (see :func:`remote_exception`, which never raises either)."""
+    return remote_exception(message.payload, message.buffers, message.traceback, what)
+
+
 def remote_exception(
     payload: Any, buffers: Optional[list[Any]], traceback: str, what: str
 ) -> BaseException:
@@ -281,3 +299,135 @@ def map_shut_down_error(refusal: BaseException) -> RuntimeError:
         "shutdown, e.g. inside the `with` block, or pass buffersize=None to "
         "submit everything at the call)"
     )
+
+
+# ------------------------------------------------------------------ refusing new tasks
+
+
+def still_broken(broken: BaseException) -> BrokenProcessPool:
+    """What ``submit`` and ``map`` raise once the pool is broken (``broken`` says why)."""
+    error = BrokenProcessPool(str(broken))
+    error.__cause__ = broken.__cause__
+    return error
+
+
+def after_shutdown(*, interpreter: bool = False) -> RuntimeError:
+    """What ``submit`` and ``map`` raise after ``shutdown`` (or at interpreter exit): the
+    standard library's words."""
+    if interpreter:
+        return RuntimeError("cannot schedule new futures after interpreter shutdown")
+    return RuntimeError("cannot schedule new futures after shutdown")
+
+
+# ------------------------------------------------------------------------------- map
+
+
+def unpicklable_function(fn_name: str, exc: BaseException) -> pickle.PicklingError:
+    """The error of every item of a map whose function cannot be pickled."""
+    error = pickle.PicklingError(f"cannot pickle the function {fn_name}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def unpicklable_map_item(fn_name: str, index: int, exc: BaseException) -> pickle.PicklingError:
+    """The error of map item ``index``, whose arguments cannot be pickled."""
+    error = pickle.PicklingError(
+        f"cannot pickle the arguments of {fn_name}() for map item {index}: {exc}"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def unpicklable_map_chunk(fn_name: str) -> pickle.PicklingError:
+    """The error of a chunk whose items pickle one by one but not together."""
+    return pickle.PicklingError(f"cannot pickle the arguments of {fn_name}()")
+
+
+def chunk_place(start: int, count: int) -> str:
+    """Where a chunk that failed as a whole lies in the map's input, for its note."""
+    if count == 1:
+        return f"map item {start}"
+    return f"map items {start} to {start + count - 1} (a chunk that failed as a whole)"
+
+
+def map_item_error(payload: bytes, traceback: str, index: int, call: str) -> BaseException:
+    """The exception map item ``index`` raised in its worker (``call`` shows the call), as
+    ``remote_exception`` rebuilds it, marked with its place (see ``mark_map_error``)."""
+    where = f"map item {index}: {call}"
+    if sys.version_info < (3, 11):
+        # No notes before 3.11: say it in the worker's traceback, which is printed.
+        traceback = f"{traceback.rstrip()}\n\n(poolkit: raised by {where})\n"
+    error = remote_exception(payload, None, traceback, f"the exception raised by {call}")
+    mark_map_error(error, index, where)
+    return error
+
+
+def mark_map_error(error: BaseException, index: int, where: str) -> None:
+    """Record which map item failed: a ``map_index`` attribute, and a note on 3.11+."""
+    try:
+        error.map_index = index  # type: ignore[attr-defined]
+    except Exception:
+        pass  # an exception class that refuses attributes: the note and traceback remain
+    add_note(error, f"(poolkit: raised by {where})")
+
+
+# ------------------------------------------------------------------------------ dask
+
+
+def dask_thread_failed(exc: BaseException) -> BrokenProcessPool:
+    """The error of every task in flight when poolkit's dask thread failed (a bug)."""
+    return BrokenProcessPool(f"the poolkit dask thread failed: {exc!r}")
+
+
+def dask_fetch_failed(fn_name: str, exc: BaseException) -> BrokenProcessPool:
+    """The error of a task that finished on the cluster but whose result could not be fetched."""
+    error = BrokenProcessPool(
+        f"the result of {fn_name}() could not be fetched from the dask cluster: "
+        f"{type(exc).__name__}: {exc}"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def dask_run_failed(fn_name: str, exc: BaseException) -> BaseException:
+    """The error of a task dask itself failed (poolkit's runner never raises)."""
+    if type(exc).__name__ == "KilledWorker":
+        return dask_worker_crashed(fn_name, exc)
+    message = f"dask could not run {fn_name}(): {type(exc).__name__}: {exc}"
+    if isinstance(exc, ImportError) and "poolkit" in str(exc):
+        message += " (poolkit must be installed on every dask worker)"
+    error = BrokenProcessPool(message)
+    error.__cause__ = exc
+    return error
+
+
+def dask_worker_crashed(fn_name: str, killed: BaseException) -> WorkerCrashedError:
+    """``KilledWorker`` as poolkit's error: which dask worker died, running what."""
+    worker = getattr(killed, "last_worker", None)
+    address = getattr(worker, "address", None) or "?"
+    pid = getattr(worker, "pid", None)
+    allowed = getattr(killed, "allowed_failures", 0) or 0
+    who = f"dask worker {address}" + (f" (pid {pid})" if pid else "")
+    message = f"{who} died while running {fn_name}()"
+    if allowed:
+        message += (
+            f", after dask had re-run it on {allowed} other worker(s) that died too "
+            f"(distributed.scheduler.allowed-failures={allowed})"
+        )
+    error = WorkerCrashedError(message, pid=pid if isinstance(pid, int) else None, fn_name=fn_name)
+    error.__cause__ = killed
+    return error
+
+
+def dask_scheduler_lost(address: str, reason: str) -> BrokenProcessPool:
+    """The error of every task in flight when the client lost its scheduler; the executor
+    is broken."""
+    return BrokenProcessPool(
+        f"lost the connection to the dask scheduler at {address} "
+        f"({reason}); the task's outcome is unknown"
+    )
+
+
+def dask_cancelled(reason: str) -> BrokenProcessPool:
+    """The error of a task dask cancelled behind poolkit's back for another ``reason``."""
+    return BrokenProcessPool(f"dask cancelled the task ({reason}); it did not complete")

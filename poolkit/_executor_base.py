@@ -17,11 +17,12 @@ from concurrent import futures
 from concurrent.futures import Future
 from typing import Any, Callable, Optional, TypeVar
 
-from poolkit._errors import BrokenProcessPool
+from poolkit import _errors as errors
 from poolkit._futures import new_future
 from poolkit._lifecycle import interpreter_exiting
 from poolkit._map import driver as _map
-from poolkit._map.driver import BuffersizeArg, ChunksizeArg, MapRun, ProgressArg
+from poolkit._map.driver import BuffersizeArg, ChunksizeArg, ProgressArg
+from poolkit._map.run import MapRun
 from poolkit._options import DEFAULT
 from poolkit._pickling import serialization as serialization
 from poolkit._pickling.function_cache import FunctionBlobs
@@ -125,11 +126,11 @@ class TaskFrontend(futures.Executor):
     def _check_open(self) -> None:
         broken = self._broken()
         if broken is not None:
-            raise BrokenProcessPool(str(broken)) from broken.__cause__
+            raise errors.still_broken(broken)
         if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+            raise errors.after_shutdown()
         if interpreter_exiting():
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            raise errors.after_shutdown(interpreter=True)
 
     def _enqueue(self, task: TaskState) -> None:
         """Queue a task whose options are set; raises as ``_check_open`` does."""

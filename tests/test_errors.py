@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -203,3 +205,46 @@ def test_initargs_may_be_any_iterable(start_method: str) -> None:
         1, initializer=tasks.init_state, initargs=["listed"], start_method=start_method
     ) as ex:
         assert ex.submit(tasks.get_state).result() == "listed"
+
+
+# ------------------------------------------------------- notes and short reprs (both sides)
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise ValueError("no repr")
+
+
+def test_short_reprs_are_cut_and_survive_a_failing_repr() -> None:
+    from poolkit._error_notes import arguments_repr, short_repr
+
+    assert short_repr("x" * 500).endswith("...") and len(short_repr("x" * 500)) == 200
+    assert short_repr(_BadRepr()) == "<_BadRepr object>"
+    assert arguments_repr((1, "a")) == "1, 'a'"
+    assert arguments_repr([1]) == "[1]"  # not an argument tuple: its repr
+    assert len(arguments_repr(tuple(range(1000)))) == 200
+
+
+@pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="notes are 3.11+")
+def test_a_note_is_added_once_and_a_broken_notes_list_is_left_alone() -> None:
+    from poolkit._error_notes import add_note
+
+    error = ValueError("x")
+    add_note(error, "(where)")
+    add_note(error, "(where)")
+    assert error.__notes__ == ["(where)"]
+    odd = ValueError("y")
+    odd.__notes__ = "not a list"  # type: ignore[assignment]
+    add_note(odd, "(where)")  # does not raise
+    assert odd.__notes__ == "not a list"
+
+
+def test_the_worker_reports_failures_without_importing_the_errors_module() -> None:
+    code = (
+        "import sys, poolkit._worker.main, poolkit._error_notes\n"
+        "print('poolkit._errors' in sys.modules, 'concurrent.futures' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.split() == ["False", "False"]

@@ -41,28 +41,19 @@ passes ``security=`` on to the client and warns once about a plain ``tcp://`` ad
 from __future__ import annotations
 
 import inspect
-import logging
-import queue
-import re
 import threading
-import uuid
 import weakref
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar
 
 from poolkit import _lifecycle as lifecycle
-from poolkit._dask.runner import run_task
 from poolkit._dask.security import PrivateCluster, check_address
-from poolkit._errors import BrokenProcessPool, WorkerCrashedError
+from poolkit._dask.session import Session
 from poolkit._executor_base import TaskFrontend
-from poolkit._pool.tasks import TaskFuture, TaskState, fail, resolve
-from poolkit._thread_signals import leave_signals_to_other_threads
-from poolkit._wire.messages import decode_message
+from poolkit._pool.tasks import TaskState
 
 if TYPE_CHECKING:
     from poolkit._map.host import MapHost
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -79,23 +70,6 @@ LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
     "distributed.scheduler.http.routes": [],
     "distributed.worker.http.routes": [],
 }
-#: Results gathered from the cluster in one request, at most.
-GATHER_BATCH = 512
-
-_WAKE = object()  # put in a session's inbox to make its thread look at the stop request
-
-
-def _stop_at_exit(session: _Session, interrupted: bool) -> None:
-    """As for the local pool (see ``_lifecycle``): before the interpreter joins non-daemon
-    threads, every open executor finishes its work and then closes its client (and its
-    cluster); after an unhandled Ctrl-C, its tasks are cancelled first."""
-    if interrupted:
-        session.cancel_all()
-    session.request_stop()
-
-
-def _join_at_exit(session: _Session) -> None:
-    session.thread.join()
 
 
 def import_distributed() -> Any:
@@ -205,7 +179,7 @@ class DaskExecutor(TaskFrontend):
                 private.close()
             raise
         self._init_frontend(max(1, threads))
-        self._session = _Session(client, cluster, owns_client, private)
+        self._session = Session(client, cluster, owns_client, private)
         # An executor dropped without shutdown() behaves as if shutdown(wait=False) was called.
         weakref.finalize(self, self._session.request_stop)
         self._session.start()
@@ -402,261 +376,3 @@ def _nanny_without_dashboard(distributed: Any) -> Any:
             super().__init__(*args, **kwargs)
 
     return NannyWithoutDashboard
-
-
-def _executing_keys(dask_worker: Any) -> list[str]:
-    """Run on each dask worker (``Client.run``): the keys of the tasks it is executing."""
-    state = getattr(dask_worker, "state", None)
-    executing = getattr(state, "executing", None)
-    if executing is None:  # not a worker state machine this poolkit knows: assume all run
-        return [str(key) for key in getattr(state, "tasks", {})]
-    return [str(ts.key) for ts in executing]
-
-
-def _key_prefix(fn_name: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.]+", "_", fn_name.rsplit(".", 1)[-1]).strip("_")
-    return f"poolkit-{name[:40] or 'task'}"
-
-
-class _Session:
-    """The client (and cluster poolkit started), the tasks in flight, and the thread that
-    resolves their futures. Kept apart from the executor so that the thread does not keep
-    an abandoned executor alive."""
-
-    def __init__(
-        self, client: Any, cluster: Any, owns_client: bool, private: Optional[PrivateCluster]
-    ) -> None:
-        self.client = client
-        self.cluster = cluster
-        self.owns_client = owns_client
-        self.private = private
-        self.address = getattr(client.scheduler, "address", None) or "the scheduler"
-        self.lock = threading.Lock()
-        #: dask key -> (the task, its dask future), until the future is resolved
-        self.tasks: dict[str, tuple[TaskState, Any]] = {}
-        #: finished dask futures (from dask's callback thread), or _WAKE
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.stopping = False
-        self.broken: Optional[BaseException] = None
-        self.thread = threading.Thread(
-            target=self._run, name="poolkit-dask", daemon=lifecycle.POOL_THREADS_ARE_DAEMON
-        )
-
-    def start(self) -> None:
-        lifecycle.track(self, _stop_at_exit, _join_at_exit)
-        self.thread.start()
-
-    # ------------------------------------------------------------ caller side
-
-    def submit(self, task: TaskState) -> None:
-        """Hand the task's envelope to dask under a unique key."""
-        header, fn_blob, args_blob = task.parts
-        task.parts = ()  # dask holds the envelope now; it is never resent from here
-        key = f"{_key_prefix(task.fn_name)}-{uuid.uuid4().hex}"
-        # dask has priorities of its own, with the same meaning: higher runs first.
-        dask_future = self.client.submit(
-            run_task, header, fn_blob, args_blob, key=key, pure=False, priority=task.priority
-        )
-        with self.lock:
-            self.tasks[key] = (task, dask_future)
-        dask_future.add_done_callback(self.inbox.put)
-        task.future.add_done_callback(lambda f: self._on_future_done(key, f))
-
-    def _on_future_done(self, key: str, future: TaskFuture) -> None:
-        # A future cancelled by the caller (or by map's cleanup): release its dask task, so
-        # the scheduler forgets it if it has not run (a running one ends, unobserved).
-        if not future.cancelled():
-            return
-        with self.lock:
-            entry = self.tasks.pop(key, None)
-        if entry is not None:
-            entry[1].release()
-            self.inbox.put(_WAKE)
-
-    def cancel_not_started(self) -> None:
-        """Cancel every task no dask worker is executing (shutdown with cancel_futures)."""
-        with self.lock:
-            entries = list(self.tasks.items())
-        if not entries:
-            return
-        try:
-            replies = self.client.run(_executing_keys)
-            running = {key for keys in replies.values() if keys for key in keys}
-        except Exception as exc:  # the scheduler is gone: nothing will run anyway
-            logger.debug("could not ask the dask workers what runs: %r", exc)
-            running = set()
-        for key, (task, _) in entries:
-            if key not in running:
-                task.future.cancel()
-
-    def cancel_all(self) -> None:
-        """Cancel every unfinished task, running or not (Ctrl-C, interpreter exit)."""
-        with self.lock:
-            entries = list(self.tasks.values())
-        for task, _ in entries:
-            task.future.cancel()
-
-    def request_stop(self) -> None:
-        """Close the client (and cluster) once every task is done; returns at once."""
-        self.stopping = True
-        self.inbox.put(_WAKE)
-
-    # ------------------------------------------------------------ the thread
-
-    def _run(self) -> None:
-        leave_signals_to_other_threads()  # Ctrl-C must wake the caller, not this thread
-        try:
-            while True:
-                batch = [self.inbox.get()]
-                while len(batch) < GATHER_BATCH:
-                    try:
-                        batch.append(self.inbox.get_nowait())
-                    except queue.Empty:
-                        break
-                self._collect([item for item in batch if item is not _WAKE])
-                del batch
-                if self.stopping:
-                    with self.lock:
-                        if not self.tasks:
-                            break
-        except BaseException as exc:  # a bug in poolkit: never leave a future unresolved
-            logger.exception("the poolkit dask thread failed")
-            self._break(BrokenProcessPool(f"the poolkit dask thread failed: {exc!r}"))
-        finally:
-            self._close()
-
-    def _collect(self, finished: list[Any]) -> None:
-        """Resolve the poolkit futures of these finished dask futures."""
-        ready = []
-        for dask_future in finished:
-            with self.lock:
-                entry = self.tasks.get(dask_future.key)
-            if entry is None:
-                continue  # cancelled by the caller meanwhile
-            status = dask_future.status
-            if status == "finished":
-                ready.append(entry)
-            elif status == "error":
-                self._finish(entry, self._dask_error(entry[0], dask_future))
-            elif status == "cancelled":
-                self._finish(entry, self._cancelled_error(dask_future))
-            else:  # "lost"/"pending": dask recomputes it and calls back again
-                logger.debug("dask future %s called back in state %s", dask_future.key, status)
-        if ready:
-            self._gather(ready)
-
-    def _gather(self, entries: list[tuple[TaskState, Any]]) -> None:
-        try:
-            values = self.client.gather([dask_future for _, dask_future in entries])
-        except BaseException as exc:
-            logger.debug("gathering %d results failed (%r); one by one", len(entries), exc)
-            for entry in entries:
-                self._gather_one(entry)
-            return
-        for entry, value in zip(entries, values):
-            self._finish(entry, value)
-
-    def _gather_one(self, entry: tuple[TaskState, Any]) -> None:
-        task, dask_future = entry
-        try:
-            value = dask_future.result()
-        except BaseException as exc:
-            if dask_future.status == "cancelled":
-                self._finish(entry, self._cancelled_error(dask_future))
-                return
-            error = BrokenProcessPool(
-                f"the result of {task.fn_name}() could not be fetched from the dask cluster: "
-                f"{type(exc).__name__}: {exc}"
-            )
-            error.__cause__ = exc
-            self._finish(entry, error)
-        else:
-            self._finish(entry, value)
-
-    def _finish(self, entry: tuple[TaskState, Any], outcome: Any) -> None:
-        """Resolve one task from ``(pid, message)`` or an exception; forget its dask future."""
-        task, dask_future = entry
-        with self.lock:
-            if self.tasks.pop(dask_future.key, None) is None:
-                return
-        dask_future.release()
-        if isinstance(outcome, BaseException):
-            fail(task, outcome)
-            return
-        pid, message = outcome
-        resolve(task, decode_message(message), pid)
-
-    def _dask_error(self, task: TaskState, dask_future: Any) -> BaseException:
-        """The poolkit error for a task dask itself failed (the runner never raises)."""
-        try:
-            exc = dask_future.exception()
-        except BaseException as fetch_error:
-            exc = fetch_error
-        if type(exc).__name__ == "KilledWorker":
-            return _worker_crashed(task.fn_name, exc)
-        message = f"dask could not run {task.fn_name}(): {type(exc).__name__}: {exc}"
-        if isinstance(exc, ImportError) and "poolkit" in str(exc):
-            message += " (poolkit must be installed on every dask worker)"
-        error = BrokenProcessPool(message)
-        error.__cause__ = exc
-        return error
-
-    def _cancelled_error(self, dask_future: Any) -> BaseException:
-        """The error for a task dask cancelled behind poolkit's back (lost scheduler...)."""
-        try:
-            dask_future.result()  # returns at once: the future is already cancelled
-        except BaseException as exc:  # distributed's CancelledError, with a reason if new
-            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-        else:
-            reason = "unknown"
-        status = getattr(self.client, "status", "")
-        if reason == "scheduler-connection-lost" or status in ("connecting", "closing", "closed"):
-            error = self.broken or BrokenProcessPool(
-                f"lost the connection to the dask scheduler at {self.address} "
-                f"({reason}); the task's outcome is unknown"
-            )
-            self.broken = error
-            return error
-        return BrokenProcessPool(f"dask cancelled the task ({reason}); it did not complete")
-
-    def _break(self, error: BaseException) -> None:
-        self.broken = error
-        with self.lock:
-            entries = list(self.tasks.values())
-            self.tasks.clear()
-        for task, dask_future in entries:
-            dask_future.release()
-            fail(task, error)
-
-    def _close(self) -> None:
-        lifecycle.untrack(self)
-        if self.owns_client:
-            try:
-                self.client.close()
-            except Exception as exc:
-                logger.warning("closing the dask client failed: %r", exc)
-        if self.cluster is not None:
-            try:
-                self.cluster.close()
-            except Exception as exc:
-                logger.warning("closing the local dask cluster failed: %r", exc)
-        if self.private is not None:
-            self.private.close()
-
-
-def _worker_crashed(fn_name: str, killed: BaseException) -> WorkerCrashedError:
-    """``KilledWorker`` as poolkit's error: which dask worker died, running what."""
-    worker = getattr(killed, "last_worker", None)
-    address = getattr(worker, "address", None) or "?"
-    pid = getattr(worker, "pid", None)
-    allowed = getattr(killed, "allowed_failures", 0) or 0
-    who = f"dask worker {address}" + (f" (pid {pid})" if pid else "")
-    message = f"{who} died while running {fn_name}()"
-    if allowed:
-        message += (
-            f", after dask had re-run it on {allowed} other worker(s) that died too "
-            f"(distributed.scheduler.allowed-failures={allowed})"
-        )
-    error = WorkerCrashedError(message, pid=pid if isinstance(pid, int) else None, fn_name=fn_name)
-    error.__cause__ = killed
-    return error

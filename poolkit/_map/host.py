@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from poolkit._map.driver import MapRun
+    from poolkit._map.run import MapRun
     from poolkit._pool.tasks import TaskState
     from poolkit._wire.buffers import HeldBuffers
 

@@ -7,7 +7,8 @@ import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
-from poolkit._errors import DeserializationError, RemoteTraceback, safe_str, set_cause
+from poolkit._errors import DeserializationError, safe_str, set_cause
+from poolkit._errors import rebuild_exception as rebuild_exception  # the dispatcher's too
 from poolkit._pickling import serialization as serialization
 from poolkit._pool import completion as completion
 from poolkit._wire.buffers import HeldBuffers
@@ -161,27 +162,6 @@ def resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:
         _unhook(future)
         return
     _set(task, lambda f: f.set_result(value))
-
-
-def rebuild_exception(message: WorkerMessage, what: str) -> BaseException:
-    """The exception a worker sent, with the worker's traceback as its ``__cause__``.
-
-    Never raises: an exception that cannot be unpickled, or refuses its ``__cause__`` (a
-    frozen dataclass), is replaced or kept without it.
-    """
-    remote = RemoteTraceback(message.traceback)
-    exc: BaseException
-    try:
-        exc = serialization.loads(message.payload, message.buffers)
-        if not isinstance(exc, BaseException):
-            raise TypeError(f"expected an exception, got {type(exc).__name__}")
-    except BaseException as unpickling_error:
-        exc = DeserializationError(
-            f"{what} could not be unpickled: {type(unpickling_error).__name__}: "
-            f"{safe_str(unpickling_error)}"
-        )
-    set_cause(exc, remote)
-    return exc
 
 
 def _plain_cancel(future: TaskFuture) -> bool:

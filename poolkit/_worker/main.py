@@ -23,6 +23,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, NamedTuple, Optional
 
+from poolkit._error_notes import add_note, arguments_repr, short_repr
 from poolkit._pickling import serialization as serialization
 from poolkit._pickling.initargs import unpack as unpack_config
 from poolkit._pickling.main_namespace import adopt_main_functions
@@ -285,7 +286,7 @@ def _run(
         if salvaged is not None:
             return encode_message(MessageKind.RESULT, record.task_id, salvaged, duration=duration)
         # The pickler's own exception, as the stdlib pool reports it, plus where it happened.
-        _add_note(exc, f"(raised while pickling the result of the task, {_short_repr(value)})")
+        add_note(exc, f"(raised while pickling the result of the task, {short_repr(value)})")
         return _describe_failure(MessageKind.ERROR, record.task_id, exc, duration)
     if not out_of_band:
         return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
@@ -335,17 +336,9 @@ def _run_chunk(
             index,
             _pickle_exception(exc),
             serialization.format_exception(exc),
-            _arguments_repr(failing) if star else _short_repr(failing),
+            arguments_repr(failing) if star else short_repr(failing),
         )
     return ChunkOutcome(results, time.perf_counter() - started)
-
-
-def _arguments_repr(args: Any) -> str:
-    """``1, 'a'`` for the argument tuple ``(1, 'a')``: how an item reads in an error note."""
-    if not isinstance(args, tuple):
-        return _short_repr(args)
-    text = ", ".join(_short_repr(arg, 80) for arg in args)
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _salvage_chunk(outcome: ChunkOutcome) -> Optional[bytes]:
@@ -358,7 +351,7 @@ def _salvage_chunk(outcome: ChunkOutcome) -> Optional[bytes]:
         try:
             serialization.dumps(result)
         except BaseException as exc:
-            _add_note(exc, f"(raised while pickling the result, {_short_repr(result)})")
+            add_note(exc, f"(raised while pickling the result, {short_repr(result)})")
             salvaged = ChunkOutcome(
                 outcome.results[:index],
                 outcome.seconds,
@@ -404,12 +397,6 @@ def _end_if_forked(me: int) -> None:
         os._exit(0)
 
 
-def _add_note(exc: BaseException, note: str) -> None:
-    add_note = getattr(exc, "add_note", None)  # Python 3.11+
-    if add_note is not None:
-        add_note(note)
-
-
 def _log_initializer_failure(exc: BaseException) -> None:
     """Log a failed initializer where the stdlib's workers do, as well as telling the parent.
 
@@ -443,7 +430,7 @@ def _pickle_exception(exc: BaseException) -> bytes:
         serialization.loads(payload)  # an exception that cannot be rebuilt is no use to send
     except BaseException as pickle_exc:
         substitute = pickle.PicklingError(
-            f"the task raised {type(exc).__qualname__}: {_short_repr(exc)}, "
+            f"the task raised {type(exc).__qualname__}: {short_repr(exc)}, "
             f"which could not be sent to the parent: {type(pickle_exc).__name__}: {pickle_exc}"
         )
         payload = serialization.dumps(substitute)
@@ -459,14 +446,6 @@ def _resident_bytes() -> int:
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _short_repr(value: object, limit: int = 200) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__qualname__} object>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _name_process() -> None:
