@@ -26,6 +26,7 @@ import hostile_tasks as hostile
 import pytest
 import tasks
 from conftest import descendants, wait_gone
+from fifo import Gate
 
 import poolkit._pool.completion as completion
 from poolkit import BrokenProcessPool, Executor, WorkerCrashedError, start_methods
@@ -77,12 +78,17 @@ def _exit_callback(_future: futures.Future[Any]) -> None:
 
 
 def test_a_callback_raising_systemexit_breaks_nothing(
-    start_method: str, caplog: pytest.LogCaptureFixture
+    start_method: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
+    gate = Gate(tmp_path)
     with Executor(max_workers=2, start_method=start_method) as ex:
-        first = ex.submit(tasks.square, 2)
+        # The task waits at a gate until the callback is added: a future already done would
+        # run the callback here, in the test's own thread.
+        first = ex.submit(tasks.signal_and_wait, *gate.args)
         first.add_done_callback(_exit_callback)
-        assert first.result(timeout=30) == 4
+        gate.wait_started()
+        gate.open()
+        first.result(timeout=30)
         results = [f.result(timeout=30) for f in [ex.submit(tasks.square, i) for i in range(20)]]
         assert results == [i * i for i in range(20)]
     assert any("SystemExit" in (r.exc_text or "") for r in caplog.records)
