@@ -317,13 +317,12 @@ def limit_address_space(extra_megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
-def init_fail_logging_to(log_queue: Any) -> None:
-    """An initializer that routes the ``concurrent.futures`` logger to a queue, then fails."""
+def init_fail_logging_to(log_path: str) -> None:
+    """An initializer that logs the ``concurrent.futures`` logger to a file, then fails."""
     import logging
-    from logging.handlers import QueueHandler
 
     logger = logging.getLogger("concurrent.futures")
-    logger.addHandler(QueueHandler(log_queue))
+    logger.addHandler(logging.FileHandler(log_path))  # writes, and flushes, at each record
     logger.setLevel("CRITICAL")
     logger.propagate = False
     raise ValueError("error in initializer")

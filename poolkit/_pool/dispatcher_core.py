@@ -196,19 +196,24 @@ class DispatcherCore:
         self._signal_all(signum)
         self._force_done.set()
 
-    def _break(self, error: BaseException) -> None:
-        """-> BROKEN: the pool cannot go on; fail every task, stop every worker."""
+    def _break(self, error: BaseException, spare: Optional[WorkerHandle] = None) -> None:
+        """-> BROKEN: the pool cannot go on; fail every task, stop every worker.
+
+        ``spare`` is a worker that is exiting by itself (its initializer failed): it is not
+        signalled, so its own exit runs to the end (a ``multiprocessing.Queue`` it logged the
+        failure to flushes then), unless it outlives the grace like any other.
+        """
         if self._state is PoolState.BROKEN:
             return
         self.broken = error
         self._state = PoolState.BROKEN
         self._fail_assigned()
         self._fail_pending()
-        self._signal_all(signal.SIGTERM)
+        self._signal_all(signal.SIGTERM, spare)
 
-    def _signal_all(self, signum: signal.Signals) -> None:
+    def _signal_all(self, signum: signal.Signals, spare: Optional[WorkerHandle] = None) -> None:
         """Signal every worker to end; the grace clock escalates if they outlive it."""
-        self._worker_set.signal_all(signum)
+        self._worker_set.signal_all(signum, spare)
         self._grace.after_signal()
 
     # ---------------------------------------------------------- tasks that will not run

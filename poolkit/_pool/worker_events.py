@@ -139,7 +139,7 @@ class WorkerEvents(DispatcherCore):
             f"({type(cause).__name__}: {safe_str(cause)}); the pool cannot start workers"
         )
         set_cause(error, cause)
-        self._break(error)
+        self._break(error, spare=worker)  # it reported, and is exiting by itself
 
     def _on_worker_exit(self, worker: WorkerHandle) -> None:
         """The worker's death descriptor fired: settle what it held, replace it."""

@@ -73,11 +73,12 @@ class WorkerSet:
         worker.unregister(self._selector)
         worker.close()
 
-    def signal_all(self, signum: signal.Signals) -> None:
-        """Tell every worker to end, by ``signum``."""
+    def signal_all(self, signum: signal.Signals, spare: Optional[WorkerHandle] = None) -> None:
+        """Tell every worker to end, by ``signum``; ``spare`` is ending by itself already."""
         for worker in self.by_pid.values():
             worker.mark_closing()
-            worker.signal(signum)
+            if worker is not spare:
+                worker.signal(signum)
 
     def close_inboxes(self) -> None:
         """Tell every worker to end, by end-of-file on its inbox."""
