@@ -29,7 +29,8 @@ comparison; several ``--vary`` make every combination):
 - ``stop``: ``result`` (the last result) or ``shutdown`` (after the pool's shutdown, as in a
   timed ``with`` block).
 - ``hogs``: that many processes spinning in pure Python beside the pool, started by this
-  script before the measurement and killed by pid after it.
+  script before the measurement and killed by pid after it; ``nice``: their niceness (19:
+  they only take CPU time nobody else wants, but keep idle CPUs awake).
 - ``bytecode``: ``compiled`` (pip-style ``.pyc`` files) or ``none`` (poolkit from source
   with ``PYTHONDONTWRITEBYTECODE=1``, as an editable install here: every process compiles it).
 - ``parent``: ``plain``, ``harness`` (the measuring process has imported what a harness's
@@ -75,6 +76,7 @@ DEFAULTS = {
     "start": "ready",
     "stop": "result",
     "hogs": "0",
+    "nice": "0",
     "bytecode": "compiled",
     "parent": "plain",
     "spin": "on",
@@ -93,7 +95,10 @@ SIZES = {"latency": 2000, "burst": 20000, "map1": 10000, "cold": 1}
 QUICK_SIZES = {"latency": 200, "burst": 2000, "map1": 1000, "cold": 1}
 #: (key in the child's values, label, unit)
 HEADLINES = {
-    "latency": [("median_us", "latency submit(noop).result(), median", "us")],
+    "latency": [
+        ("median_us", "latency submit(noop).result(), median", "us"),
+        ("mean_us", "latency, the timed span / round trips (as a timeit loop reports it)", "us"),
+    ],
     "burst": [("rate", "submit burst, {n:,} no-ops waited together", "tasks/s")],
     "map1": [("rate", "map {n:,} tiny tasks, chunksize 1", "tasks/s")],
     "cold": [
@@ -259,7 +264,10 @@ where = getattr(sys.modules.get(module), "__file__", "")
 print(json.dumps({"values": values, "parts_ms": parts, "file": where}))
 """
 
-HOG = "import sys\nsys.stdout.write('spinning\\n')\nsys.stdout.flush()\nwhile True:\n    pass\n"
+HOG = (
+    "import os, sys\nos.nice({nice})\nsys.stdout.write('spinning\\n')\nsys.stdout.flush()\n"
+    "while True:\n    pass\n"
+)
 
 
 def parse_settings(items: list[str]) -> dict[str, str]:
@@ -269,8 +277,8 @@ def parse_settings(items: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or key not in DEFAULTS:
             raise SystemExit(f"unknown setting {item!r}; keys: {', '.join(DEFAULTS)}")
-        if key == "hogs" and not value.isdigit():
-            raise SystemExit(f"hogs must be a count, got {value!r}")
+        if key in ("hogs", "nice") and not value.isdigit():
+            raise SystemExit(f"{key} must be a whole number, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
             raise SystemExit(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
         settings[key] = value
@@ -317,11 +325,12 @@ def prepare(scratch: Path, checkout: Path, candidate: Optional[Path] = None) -> 
     return {"tasks": tasks, **sites}
 
 
-def start_hogs(count: int) -> list[subprocess.Popen[bytes]]:
+def start_hogs(count: int, nice: int = 0) -> list[subprocess.Popen[bytes]]:
     """Processes spinning in pure Python; returns once each of them runs its loop."""
     hogs = []
     for _ in range(count):
-        hog = subprocess.Popen([sys.executable, "-c", HOG], stdout=subprocess.PIPE)
+        code = HOG.format(nice=nice)
+        hog = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
         assert hog.stdout is not None
         hog.stdout.readline()
         hogs.append(hog)
@@ -350,7 +359,7 @@ def measure(
         env["PYTHONDONTWRITEBYTECODE"] = "1"
     spec = {"impl": impl, "workload": workload, "cond": cond, "n": n, "workers": workers}
     load = os.getloadavg()[0]
-    hogs = start_hogs(int(cond["hogs"]))
+    hogs = start_hogs(int(cond["hogs"]), int(cond["nice"]))
     try:
         done = subprocess.run(
             [sys.executable, "-c", CHILD, json.dumps(spec)],
