@@ -41,6 +41,9 @@ comparison; several ``--vary`` make every combination):
 - ``spin``: ``on`` or ``off`` (poolkit's workers do not poll their inbox before blocking;
   set through a ``sitecustomize`` in every process; no effect on the peers).
 - ``method``: ``fork``, ``spawn``, ``forkserver`` or ``default`` (each pool's own default).
+- ``task``: ``module`` (the task functions come from a module of their own) or ``main``
+  (the measuring script defines them itself, in ``__main__``: poolkit ships them by value
+  with cloudpickle; the stdlib pools pickle them by name, which only a forked worker finds).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ DEFAULTS = {
     "parent": "plain",
     "spin": "on",
     "method": "fork",
+    "task": "module",
 }
 CHOICES = {
     "warmup": ("full", "workers", "none"),
@@ -90,6 +94,7 @@ CHOICES = {
     "parent": ("plain", "harness", "big", "threads"),
     "spin": ("on", "off"),
     "method": ("fork", "spawn", "forkserver", "default"),
+    "task": ("module", "main"),
 }
 SIZES = {"latency": 2000, "burst": 20000, "map1": 10000, "cold": 1}
 QUICK_SIZES = {"latency": 200, "burst": 2000, "map1": 1000, "cold": 1}
@@ -159,7 +164,19 @@ elif c["parent"] == "threads":
     for _ in range(4):
         threading.Thread(target=lambda: [None for _ in iter(lambda: halt.wait(0.001), True)],
                          daemon=True).start()
-import uh_tasks
+if c["task"] == "main":
+    # The functions a script defines for itself: they live in __main__.
+    import types
+    def noop():
+        return None
+    def ident(x):
+        return x
+    def sleep_pid(seconds):
+        time.sleep(seconds)
+        return os.getpid()
+    uh_tasks = types.SimpleNamespace(noop=noop, ident=ident, sleep_pid=sleep_pid)
+else:
+    import uh_tasks
 stamps = {"import": clock()}
 if impl == "poolkit":
     import poolkit

@@ -79,6 +79,14 @@ def test_rates_from_a_busy_parent(
     assert _numbers(harness.measure("poolkit", workload, cond, 20, 2, paths))
 
 
+@pytest.mark.parametrize("impl", ["poolkit", "stdlib"])
+def test_task_functions_from_the_scripts_own_main(
+    harness: ModuleType, paths: dict[str, Path], impl: str
+) -> None:
+    cond = _condition(harness, task="main")  # fork: the stdlib's workers find __main__'s
+    assert _numbers(harness.measure(impl, "burst", cond, 20, 2, paths))
+
+
 def test_conditions_combine_every_varied_value(harness: ModuleType) -> None:
     conds = harness.conditions({"method": "spawn"}, ["hogs=0,2", "warmup=none,full"])
     assert [(c["hogs"], c["warmup"]) for c in conds] == [
