@@ -18,12 +18,19 @@ import os
 import sys
 from typing import Optional
 
-import poolkit.bench
-from poolkit.bench import BenchResult, _goals
-from poolkit.bench._goals import Check
-from poolkit.bench._machine import summary_line
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:
+    # Run as ``python benchmarks/run.py``: Python put benchmarks/ itself first on the path,
+    # where goals.py would import as a top-level ``goals``. The checkout's root goes there
+    # instead, so the project's tools import as ``benchmarks.*``, the one name tests use.
+    sys.path[0] = ROOT
+
+import poolkit.bench  # noqa: E402 (after the path is set)
+from benchmarks import goals  # noqa: E402
+from benchmarks.goals import Check  # noqa: E402
+from poolkit.bench import BenchResult  # noqa: E402
+from poolkit.bench._machine import summary_line  # noqa: E402
+
 DOCS = os.path.join(ROOT, "docs")
 #: A poolkit number worse than the saved one by more than this fraction is a regression.
 REGRESSION = 0.20
@@ -49,8 +56,9 @@ How the numbers are taken (`poolkit.bench`):
   is built and every worker has run a task before the clock starts;
 - task functions live in a tiny standard-library module, so no pool pays for another's imports;
 - every package loads from compiled bytecode, as pip installs it: a source checkout of poolkit
-  is compiled first (`compileall`), or with `PYTHONDONTWRITEBYTECODE` set each measured process
-  and each spawned worker would compile it from source again.
+  is compiled first (only the files without current bytecode), or with
+  `PYTHONDONTWRITEBYTECODE` set each measured process and each spawned worker would compile it
+  from source again.
 
 Floors: *cold start* and *respawn* use bare `multiprocessing.Process` objects of the same start
 method; *latency* uses a `multiprocessing` Connection echoing a pickled tuple (and, in its own
@@ -89,7 +97,7 @@ TARGETS = """\
 Each target is a ratio of two medians of this run under the same start method: poolkit's
 number over the reference's (stdlib PPE, mp.Pool, the best peer of the run, or the floor).
 For times and sizes the ratio must be at most the bound, for rates and speed-ups at least.
-PASS and MISS are computed from the results below (`poolkit/bench/_goals.py`); nothing is
+PASS and MISS are computed from the results below (`benchmarks/goals.py`); nothing is
 carried over from another run.
 """
 VERDICT = """\
@@ -118,7 +126,7 @@ def write_doc(
     """Write the Markdown page: how it was measured, the targets, the results."""
     parts = [INTRO.format(command=command)]
     if checks:
-        parts += [TARGETS, _goals.render_markdown(result, checks)]
+        parts += [TARGETS, goals.render_markdown(result, checks)]
         if any(
             c.method == "fork" and c.verdict == "MISS" and c.goal.workload in FORK_NOTE_WORKLOADS
             for c in checks
@@ -263,7 +271,7 @@ def render(saved_path: str, out: str, png: Optional[str]) -> int:
     png_path = png or os.path.splitext(out)[0] + ".png"
     # Without matplotlib, the page keeps pointing at the chart drawn when the run was made.
     chart = write_chart(result, png_path) or (png_path if os.path.exists(png_path) else None)
-    write_doc(result, _goals.evaluate(result), command, out, chart)
+    write_doc(result, goals.evaluate(result), command, out, chart)
     print(f"wrote {out}" + (f", {chart}" if chart else ""))
     return 0
 
@@ -303,10 +311,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         workloads=options.workloads,
         progress=True,
     )
-    checks = _goals.evaluate(result)
+    checks = goals.evaluate(result)
     print(result)
     if checks:
-        print("\n" + _goals.render_text(result, checks), end="")
+        print("\n" + goals.render_text(result, checks), end="")
     os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
     stem = os.path.splitext(options.out)[0]
     json_path = options.json or stem + ".json"

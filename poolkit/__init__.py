@@ -52,7 +52,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+    # The public names and the module's own dunders: not what this module imported for
+    # itself (Any, TYPE_CHECKING, annotations), and each name once, loaded or not.
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
 
 
 __version__ = "0.1.0"

@@ -13,6 +13,8 @@ from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Optional
 
+from poolkit._pickling import serialization as serialization
+
 # Before 3.11 concurrent.futures.TimeoutError is its own class; since, it is the builtin.
 _FUTURES_TIMEOUT: tuple[type, ...] = (
     () if issubclass(futures.TimeoutError, TimeoutError) else (futures.TimeoutError,)
@@ -243,3 +245,39 @@ def not_run_error(broken: Optional[BaseException], forced_by: Optional[str]) -> 
     if forced_by is not None:
         return BrokenProcessPool(f"the task did not run: the workers were stopped by {forced_by}")
     return BrokenProcessPool("the task did not run: the executor stopped first")
+
+
+def remote_exception(
+    payload: Any, buffers: Optional[list[Any]], traceback: str, what: str
+) -> BaseException:
+    """The exception a worker sent (pickled in ``payload``, with its out-of-band
+    ``buffers``), with the worker's ``traceback`` as its ``__cause__``.
+
+    Never raises: an exception that cannot be unpickled (``what`` names it in the message)
+    becomes a :class:`DeserializationError`; one that refuses its ``__cause__`` (a frozen
+    dataclass) is kept without it.
+    """
+    remote = RemoteTraceback(traceback)
+    exc: BaseException
+    try:
+        exc = serialization.loads(payload, buffers)
+        if not isinstance(exc, BaseException):
+            raise TypeError(f"expected an exception, got {type(exc).__name__}")
+    except BaseException as unpickling_error:
+        exc = DeserializationError(
+            f"{what} could not be unpickled: {type(unpickling_error).__name__}: "
+            f"{safe_str(unpickling_error)}"
+        )
+    set_cause(exc, remote)
+    return exc
+
+
+def map_shut_down_error(refusal: BaseException) -> RuntimeError:
+    """What a map raises once its results in flight are read, when the executor refused its
+    next chunk (``refusal``) because it was shut down."""
+    return RuntimeError(
+        f"{refusal}: the executor was shut down while this map still had input "
+        "(map reads its input as results are consumed; consume them before "
+        "shutdown, e.g. inside the `with` block, or pass buffersize=None to "
+        "submit everything at the call)"
+    )

@@ -4,56 +4,41 @@ from __future__ import annotations
 
 import inspect
 import signal
-import sys
-import threading
-import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, Union, overload
 
-from poolkit._executor_base import TaskFrontend, default_workers, mark_interpreter_exiting
-from poolkit._options import UNSET, TaskOptions, check_bytes, check_priority, check_seconds
+from poolkit import _lifecycle as lifecycle
+from poolkit._executor_base import TaskFrontend
+from poolkit._options import DEFAULT, Default, check_bytes, check_priority, check_seconds
 from poolkit._pickling import initargs as initargs_pickling
 from poolkit._pool import completion as completion
 from poolkit._pool.dispatcher import Dispatcher
-from poolkit._pool.tasks import TaskState, abandon_futures
+from poolkit._pool.tasks import TaskState
 from poolkit._wire.buffers import AVAILABLE as oob_available
 from poolkit._worker.main import WorkerConfig
 
 if TYPE_CHECKING:
     from poolkit._dask.executor import DaskExecutor
+    from poolkit._map.host import MapHost
 
 T = TypeVar("T")
 
 #: After Ctrl-C, how long to wait for the killed workers to be reaped.
 EXIT_JOIN_SECONDS = 10.0
 
-_live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
-_live_lock = threading.Lock()
 
-
-def _at_interpreter_exit() -> None:
-    # Runs before the interpreter joins non-daemon threads (as the stdlib pool does): every
-    # executor still open finishes its queued work, then its workers stop.
-    mark_interpreter_exiting()
-    with _live_lock:
-        dispatchers = list(_live_dispatchers)
-    # Exiting because of an unhandled Ctrl-C: stop now instead of finishing the queue.
-    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+def _stop_at_exit(dispatcher: Dispatcher, interrupted: bool) -> None:
+    """The interpreter is exiting (see ``_lifecycle``): finish the queue, or stop now."""
     if interrupted:
-        abandon_futures()
-    for dispatcher in dispatchers:
-        if interrupted:
-            dispatcher.force_stop(signal.SIGKILL)
-        else:
-            dispatcher.request_stop()
-    for dispatcher in dispatchers:
-        dispatcher.join()
+        dispatcher.force_stop(signal.SIGKILL)
+    else:
+        dispatcher.request_stop()
 
 
-if hasattr(threading, "_register_atexit"):
-    threading._register_atexit(_at_interpreter_exit)
+def _join_at_exit(dispatcher: Dispatcher) -> None:
+    dispatcher.join()
 
 
 class _ConstructorSignature:
@@ -123,6 +108,9 @@ class Executor(TaskFrontend):
         ImportError: ``backend="dask"`` without dask.distributed installed.
     """
 
+    # help(), pydoc and reprs name the class where users import it from.
+    __module__ = "poolkit"
+
     #: What ``inspect.signature(Executor)``, ``help()`` and IDEs show: the parameters of
     #: ``__init__``, which ``__new__`` (with its ``*args, **kwargs``) would hide.
     __signature__ = _ConstructorSignature()
@@ -190,12 +178,7 @@ class Executor(TaskFrontend):
         if address is not None or client is not None:
             given = "address" if address is not None else "client"
             raise ValueError(f"{given}= names a dask cluster: it needs backend='dask'")
-        if max_workers is None:
-            max_workers = default_workers()
-        elif not isinstance(max_workers, int) or isinstance(max_workers, bool):
-            raise TypeError(f"max_workers must be an int, got {type(max_workers).__name__}")
-        elif max_workers <= 0:
-            raise ValueError(f"max_workers must be greater than 0, got {max_workers}")
+        max_workers = lifecycle.check_max_workers(max_workers) or lifecycle.default_workers()
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         try:
@@ -218,8 +201,7 @@ class Executor(TaskFrontend):
         self._start_method = method.name
         self._dispatcher = Dispatcher(method, max_workers, packed.blob, max_tasks_per_child)
         self._dispatcher.start(self)
-        with _live_lock:
-            _live_dispatchers.add(self._dispatcher)
+        lifecycle.track(self._dispatcher, _stop_at_exit, _join_at_exit)
 
     @property
     def start_method(self) -> str:
@@ -240,9 +222,11 @@ class Executor(TaskFrontend):
             RuntimeError: the executor was shut down (or the interpreter is exiting).
             BrokenProcessPool: the pool is broken (for instance, the initializer failed).
         """
-        return self._submit(fn, args, kwargs, timeout=UNSET)
+        return self._submit(fn, args, kwargs, timeout=DEFAULT)
 
-    def with_options(self, *, timeout: Optional[float] = UNSET, priority: int = 0) -> TaskOptions:
+    def with_options(
+        self, *, timeout: Union[float, Default, None] = DEFAULT, priority: int = 0
+    ) -> TaskOptions:
         """Options for the tasks submitted through the returned object.
 
         ``ex.with_options(timeout=2).submit(fn, x)`` runs ``fn(x)`` with a 2-second limit
@@ -256,7 +240,7 @@ class Executor(TaskFrontend):
             TypeError, ValueError: ``timeout`` is not None or a positive number, or
                 ``priority`` is not an int.
         """
-        if timeout is not UNSET:
+        if timeout is not DEFAULT:
             timeout = check_seconds("timeout", timeout)
         return TaskOptions(self, timeout, check_priority(priority))
 
@@ -266,14 +250,14 @@ class Executor(TaskFrontend):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
-        timeout: Optional[float],
+        timeout: Union[float, Default, None],
         priority: int = 0,
     ) -> Future[T]:
         future, task = self._call_task(fn, args, kwargs)
         if task is not None:
-            task.timeout = self._task_timeout if timeout is UNSET else timeout
+            task.timeout = self._task_timeout if timeout is DEFAULT else timeout
             task.priority = priority
-            self._enqueue(task, defaults=False)
+            self._enqueue(task)
         return future
 
     def stop(self, future: Future[Any]) -> None:
@@ -297,7 +281,7 @@ class Executor(TaskFrontend):
     def _deliver(self, task: TaskState) -> None:
         self._dispatcher.submit(task)
 
-    def _apply_defaults(self, task: TaskState) -> None:
+    def _apply_chunk_defaults(self, task: TaskState) -> None:
         # A map chunk of n items may run n times as long as one item.
         if task.timeout is None and self._task_timeout is not None:
             task.timeout = self._task_timeout * task.items
@@ -354,10 +338,35 @@ class Executor(TaskFrontend):
         return False
 
     def __repr__(self) -> str:
-        state = (
-            "shut down" if self._shutdown else ("broken" if self._dispatcher.broken else "running")
-        )
+        state = lifecycle.state_name(self._shutdown, self._dispatcher.broken)
         return (
             f"<poolkit.Executor {state}, max_workers={self._max_workers}, "
             f"start_method={self._start_method!r}>"
+        )
+
+
+if TYPE_CHECKING:
+    _runs_maps: type[MapHost] = Executor  # map's contract: checked by mypy
+
+
+class TaskOptions:
+    """Submits tasks to an executor with options of their own; see ``Executor.with_options``."""
+
+    def __init__(
+        self, executor: Executor, timeout: Union[float, Default, None], priority: int = 0
+    ) -> None:
+        self._executor = executor
+        self._timeout = timeout
+        self._priority = priority
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Like ``Executor.submit``, with these options."""
+        return self._executor._submit(
+            fn, args, kwargs, timeout=self._timeout, priority=self._priority
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<poolkit task options timeout={self._timeout!r} priority={self._priority!r} "
+            f"for {self._executor!r}>"
         )

@@ -9,7 +9,6 @@ by-reference function pickles, the shutdown and broken checks, and ``map``/``sta
 from __future__ import annotations
 
 import itertools
-import os
 import pickle
 import threading
 import weakref
@@ -20,8 +19,10 @@ from typing import Any, Callable, Optional, TypeVar
 
 from poolkit._errors import BrokenProcessPool
 from poolkit._futures import new_future
+from poolkit._lifecycle import interpreter_exiting
 from poolkit._map import driver as _map
-from poolkit._map.driver import DEFAULT, BuffersizeArg, ChunksizeArg, ProgressArg
+from poolkit._map.driver import BuffersizeArg, ChunksizeArg, MapRun, ProgressArg
+from poolkit._options import DEFAULT
 from poolkit._pickling import serialization as serialization
 from poolkit._pickling.function_cache import FunctionBlobs
 from poolkit._pickling.function_snapshot import Snapshot
@@ -32,7 +33,6 @@ from poolkit._wire.messages import TaskKind, encode_task
 
 T = TypeVar("T")
 
-_interpreter_exiting = False
 #: The arguments blob of a call without arguments, pickled once.
 _NO_ARGUMENTS = serialization.dumps(((), {}))
 
@@ -41,20 +41,6 @@ def _plain_values(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """True if every argument is of a plain type: no buffer to look for when pickling."""
     plain = serialization.plain_items
     return plain(args) and (not kwargs or plain(kwargs.values()))
-
-
-def mark_interpreter_exiting() -> None:
-    """From the interpreter-exit hooks: refuse new tasks from now on."""
-    global _interpreter_exiting
-    _interpreter_exiting = True
-
-
-def default_workers() -> int:
-    """The number of CPUs this process may use."""
-    count: Optional[int] = getattr(os, "process_cpu_count", lambda: None)()
-    if count is None and hasattr(os, "sched_getaffinity"):
-        count = len(os.sched_getaffinity(0))
-    return count or os.cpu_count() or 1
 
 
 class TaskFrontend(futures.Executor):
@@ -72,7 +58,7 @@ class TaskFrontend(futures.Executor):
         self._shutdown = False
         self._task_ids = itertools.count(1)
         self._function_blobs = FunctionBlobs()  # holds no function alive
-        self._live_maps: weakref.WeakSet[Any] = weakref.WeakSet()  # maps still reading input
+        self._live_maps: weakref.WeakSet[MapRun] = weakref.WeakSet()  # maps still reading input
 
     # ------------------------------------------------------- for subclasses
 
@@ -84,8 +70,8 @@ class TaskFrontend(futures.Executor):
         """Hand a checked task to the backend (called with the shutdown lock held)."""
         raise NotImplementedError
 
-    def _apply_defaults(self, task: TaskState) -> None:
-        """Fill in executor-wide task options (a map chunk's time limit, ...)."""
+    def _apply_chunk_defaults(self, task: TaskState) -> None:
+        """Fill in executor-wide options of a map chunk's task (its time limit, ...)."""
 
     # ----------------------------------------------------------------- common
 
@@ -142,15 +128,19 @@ class TaskFrontend(futures.Executor):
             raise BrokenProcessPool(str(broken)) from broken.__cause__
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if _interpreter_exiting:
+        if interpreter_exiting():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def _enqueue(self, task: TaskState, defaults: bool = True) -> None:
-        if defaults:
-            self._apply_defaults(task)
+    def _enqueue(self, task: TaskState) -> None:
+        """Queue a task whose options are set; raises as ``_check_open`` does."""
         with self._shutdown_lock:
             self._check_open()
             self._deliver(task)
+
+    def _enqueue_chunk(self, task: TaskState) -> None:
+        """Queue a map chunk's task, with the executor's defaults for chunks."""
+        self._apply_chunk_defaults(task)
+        self._enqueue(task)
 
     def _function_blob(self, fn: Callable[..., Any]) -> bytes:
         # A module-level function pickles to a short reference that never changes: pickle it
@@ -177,12 +167,12 @@ class TaskFrontend(futures.Executor):
             self._function_blobs.put(fn, *entry)
         return blob
 
-    def _register_map(self, run: Any) -> None:
+    def _register_map(self, run: MapRun) -> None:
         self._live_maps.add(run)
 
     def _finish_maps(self) -> None:
         # Lazy maps over sized inputs submit their remaining input before shutdown (see
-        # _map._MapRun.finish_input): results read after the `with` block still come.
+        # MapRun.finish_input): results read after the `with` block still come.
         for run in list(self._live_maps):
             run.finish_input()
 

@@ -1,27 +1,32 @@
-"""Per-task options: ``executor.with_options(timeout=...)`` and argument checks for them.
+"""Checks of the options both executors take, and the one "use the default" sentinel.
 
 Options travel beside the call instead of as keyword arguments of ``submit``, so that
-``submit(fn, /, *args, **kwargs)`` keeps every keyword name for ``fn``.
+``submit(fn, /, *args, **kwargs)`` keeps every keyword name for ``fn``: see
+``Executor.with_options``. ``map`` takes its options as keywords (``chunksize``,
+``buffersize``, ``priority``, ...). Both use :data:`DEFAULT` for "the executor decides",
+which is distinct from None (no limit, no bound).
+
+This module imports neither executor: ``map`` runs on both, and its checks live here.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
-
-if TYPE_CHECKING:
-    from poolkit._executor import Executor
-
-T = TypeVar("T")
+import enum
+from typing import Optional
 
 
-class _Unset:
+class Default(enum.Enum):
+    """The type of :data:`DEFAULT` (one member, so a type checker can narrow on it)."""
+
+    DEFAULT = "default"
+
     def __repr__(self) -> str:
-        return "<pool default>"
+        return "<default>"
 
 
-#: "Use the executor's setting" (distinct from None, which means "no limit").
-UNSET: Any = _Unset()
+#: "Use the executor's setting": the default of ``with_options(timeout=...)``, and of
+#: ``map``'s ``chunksize`` and ``buffersize`` (distinct from None, which means "no limit").
+DEFAULT = Default.DEFAULT
 
 
 def check_seconds(name: str, value: Optional[float]) -> Optional[float]:
@@ -53,24 +58,3 @@ def check_bytes(name: str, value: Optional[int]) -> Optional[int]:
     if value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
     return value
-
-
-class TaskOptions:
-    """Submits tasks to an executor with options of their own; see ``Executor.with_options``."""
-
-    def __init__(self, executor: Executor, timeout: Optional[float], priority: int = 0) -> None:
-        self._executor = executor
-        self._timeout = timeout
-        self._priority = priority
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        """Like ``Executor.submit``, with these options."""
-        return self._executor._submit(
-            fn, args, kwargs, timeout=self._timeout, priority=self._priority
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"<poolkit task options timeout={self._timeout!r} priority={self._priority!r} "
-            f"for {self._executor!r}>"
-        )

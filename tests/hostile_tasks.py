@@ -95,7 +95,8 @@ def answer_from_a_fork(value: int) -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            from poolkit._wire.messages import MessageKind, encode_message, frame_header
+            from poolkit._wire.frames import frame_header
+            from poolkit._wire.messages import MessageKind, encode_message
 
             body = encode_message(MessageKind.RESULT, 1, b"\x80\x04K\x07.")
             for pipe in _result_pipes():

@@ -315,3 +315,15 @@ def limit_address_space(extra_megabytes: int) -> None:
         vm_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
     limit = (vm_kib << 10) + (extra_megabytes << 20)
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def init_fail_logging_to(log_queue: Any) -> None:
+    """An initializer that routes the ``concurrent.futures`` logger to a queue, then fails."""
+    import logging
+    from logging.handlers import QueueHandler
+
+    logger = logging.getLogger("concurrent.futures")
+    logger.addHandler(QueueHandler(log_queue))
+    logger.setLevel("CRITICAL")
+    logger.propagate = False
+    raise ValueError("error in initializer")

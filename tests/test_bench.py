@@ -17,14 +17,15 @@ from typing import Any
 import pytest
 
 import poolkit.bench
+from benchmarks import goals
 from poolkit.__main__ import main
-from poolkit.bench import BenchResult, _goals, _plot
-from poolkit.bench._launch import launch
+from poolkit.bench import BenchResult, _plot
+from poolkit.bench._launch import compile_stale, launch, stale_sources
 from poolkit.bench._orchestrate import resolve_peers
-from poolkit.bench._pkbench.catalog import WORKLOADS
 from poolkit.bench._result import Cell
 from poolkit.bench._stats import format_value, summarize
 from poolkit.bench._target import default_chunksizes, normalize_args
+from poolkit_bench_runner.catalog import WORKLOADS, WORKLOADS_BY_NAME
 
 FAST = "fork" if "fork" in poolkit.start_methods() else poolkit.start_methods()[0]
 
@@ -102,6 +103,61 @@ def test_api_result_object_rows_html_and_round_trip() -> None:
     assert "<table>" in result._repr_html_()
     again = BenchResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again.rows() == rows
+
+
+def test_the_runner_measuring_a_peer_never_imports_poolkit(tmp_path: Path) -> None:
+    # The runner as the parent starts it (``python -c``, a fresh interpreter, the spec on
+    # stdin), from a directory holding nothing, so poolkit could only come from an import.
+    code = (
+        "import json, sys\n"
+        "from poolkit_bench_runner.main import dispatch\n"
+        "result = dispatch(json.loads(sys.stdin.read()))\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'poolkit')\n"
+        "print(json.dumps({'ok': result['ok'], 'poolkit_modules': loaded}))\n"
+    )
+    spec = {
+        "workload": "latency",
+        "impl": "stdlib",
+        "method": FAST,
+        "workers": 1,
+        "params": WORKLOADS_BY_NAME["latency"].parameters(quick=True),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=50,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"ok": True, "poolkit_modules": []}
+
+
+def test_bytecode_is_written_only_where_it_is_missing_or_stale(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "mod.py").write_text("VALUE = 1\n")
+    assert len(stale_sources(str(package))) == 2
+    assert len(compile_stale(str(package))) == 2
+    assert stale_sources(str(package)) == []
+    cached = Path(importlib.util.cache_from_source(str(package / "sub" / "mod.py")))
+    written = cached.stat().st_mtime_ns
+    # Current bytecode (as pip leaves an installed copy): nothing is compiled or written,
+    # even where nothing could be.
+    for folder in (package, package / "sub", cached.parent):
+        folder.chmod(0o555)
+    try:
+        assert compile_stale(str(package)) == []
+    finally:
+        for folder in (package, package / "sub", cached.parent):
+            folder.chmod(0o755)
+    assert cached.stat().st_mtime_ns == written
+    # A changed source is stale again, and only it is compiled.
+    (package / "sub" / "mod.py").write_text("VALUE = 22\n")
+    assert compile_stale(str(package)) == [str(package / "sub" / "mod.py")]
 
 
 def test_target_reports_the_fastest_combination(
@@ -323,7 +379,7 @@ def verdicts(result: BenchResult) -> dict[tuple[str, str, str, str], tuple[str, 
     """(workload, metric, against, method) -> (verdict, reference) for every target."""
     return {
         (c.goal.workload, c.goal.metric, c.goal.against, c.method): (c.verdict, c.reference)
-        for c in _goals.evaluate(result)
+        for c in goals.evaluate(result)
     }
 
 
@@ -351,7 +407,7 @@ def test_targets_pass_and_miss_from_the_runs_own_numbers() -> None:
         ("memory", "total_mib", "fork", "stdlib"): 50.0,
     })  # fmt: skip
     found = verdicts(result)
-    best = _goals.BEST_PEER
+    best = goals.BEST_PEER
     assert found["latency", "median_us", "stdlib", "fork"] == ("PASS", "stdlib")
     assert found["latency", "median_us", best, "fork"] == ("MISS", "mppool")
     assert found["burst", "rate", "stdlib", "fork"] == ("PASS", "stdlib")
@@ -364,7 +420,7 @@ def test_targets_pass_and_miss_from_the_runs_own_numbers() -> None:
     assert {v for (_, _, _, m), (v, _) in found.items() if m == "spawn"} == {"n/a"}
     # Only the targets of the workloads the run measured are listed.
     assert {key[0] for key in found} == {"latency", "burst", "mapdefault", "cold", "memory"}
-    summary = _goals.summary(result, _goals.evaluate(result))
+    summary = goals.summary(result, goals.evaluate(result))
     assert summary.startswith("targets met: 3 of 16 (fork 3/8, spawn 0/8)")
     assert "8 could not be computed" in summary
 
@@ -382,16 +438,16 @@ def test_targets_best_peer_and_missing_references() -> None:
         impls=("poolkit", "stdlib", "loky", "dask"),  # no floor; dask is poolkit, not a peer
     )
     result.cells["cpu", "speedup", "fork", "stdlib"] = Cell(note="the pool hung")
-    checks = {(c.goal.workload, c.goal.against): c for c in _goals.evaluate(result)}
-    best = checks["burst", _goals.BEST_PEER]
+    checks = {(c.goal.workload, c.goal.against): c for c in goals.evaluate(result)}
+    best = checks["burst", goals.BEST_PEER]
     assert (best.verdict, best.reference) == ("PASS", "loky")
     assert best.ratio == pytest.approx(30000 / 14000)
-    assert _goals.cell_text(best) == "2.14x PASS (vs loky)"
+    assert goals.cell_text(best) == "2.14x PASS (vs loky)"
     respawn = checks["respawn", "floor"]
     assert respawn.verdict == "n/a" and respawn.note == "floor not measured"
     cpu = checks["cpu", "stdlib"]
     assert cpu.verdict == "n/a" and cpu.note == "stdlib PPE: the pool hung"
-    assert _goals.cell_text(cpu) == "n/a (stdlib PPE: the pool hung)"
+    assert goals.cell_text(cpu) == "n/a (stdlib PPE: the pool hung)"
 
 
 def test_target_ratio_shows_enough_digits_for_its_verdict() -> None:
@@ -403,14 +459,14 @@ def test_target_ratio_shows_enough_digits_for_its_verdict() -> None:
         methods=("fork",),
         impls=("poolkit", "stdlib"),
     )
-    (check, best) = _goals.evaluate(result)
-    assert check.verdict == "MISS" and _goals.cell_text(check) == "0.3004x MISS"
+    (check, best) = goals.evaluate(result)
+    assert check.verdict == "MISS" and goals.cell_text(check) == "0.3004x MISS"
     # Against the best peer's 0.5 bound, two digits leave no doubt.
-    assert _goals.cell_text(best) == "0.30x PASS (vs stdlib PPE)"
-    text = _goals.render_markdown(result, [check, best])
+    assert goals.cell_text(best) == "0.30x PASS (vs stdlib PPE)"
+    text = goals.render_markdown(result, [check, best])
     assert "| latency submit(noop).result(), median | <= 0.3x stdlib PPE | 0.3004x MISS |" in text
     assert "**0.30x PASS (vs stdlib PPE)**" in text
-    assert "<= 0.5x best peer" in _goals.render_text(result, [check, best])
+    assert "<= 0.5x best peer" in goals.render_text(result, [check, best])
     assert best.to_dict()["direction"] == "<=" and best.to_dict()["reference"] == "stdlib"
 
 
@@ -420,12 +476,9 @@ def test_target_ratio_shows_enough_digits_for_its_verdict() -> None:
 @pytest.fixture(scope="module")
 def suite() -> ModuleType:
     """``benchmarks/run.py``, imported as a module."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_run", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import run
+
+    return run
 
 
 def test_compare_flags_slowdowns_of_new_workloads(suite: ModuleType) -> None:

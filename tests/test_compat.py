@@ -132,3 +132,29 @@ def test_submit_in_atexit_handler_raises(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "REFUSED cannot schedule new futures after" in proc.stdout
+
+
+def test_failed_initializer_is_logged_on_the_stdlib_logger(start_method: str) -> None:
+    # As ProcessPoolExecutor's workers do (CPython's test_init checks it this way): the
+    # failure reaches a handler the initializer put on the ``concurrent.futures`` logger.
+    import multiprocessing
+
+    log_queue = multiprocessing.get_context(start_method).Queue()
+    ex = Executor(
+        max_workers=1,
+        start_method=start_method,
+        initializer=tasks.init_fail_logging_to,
+        initargs=(log_queue,),
+    )
+    try:
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(abs, 1).result(timeout=30)
+    finally:
+        ex.shutdown()
+    record = log_queue.get(timeout=30)
+    assert "Exception in initializer" in record.getMessage()
+    assert "ValueError: error in initializer" in record.getMessage()
+    log_queue.close()
+    log_queue.join_thread()
+    del log_queue, record
+    gc.collect()  # the queue's reading end closes with the queue

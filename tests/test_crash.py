@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -71,7 +72,10 @@ def test_prefetched_tasks_run_elsewhere(
             victim.result(timeout=30)
         pids = {f.result(timeout=30) for f in queued}
         assert pid not in pids and len(pids) == 1  # all ran on the replacement
-    assert "1 task(s) failed, 5 requeued" in caplog.text
+    # How many of the five were already in the worker's pipe when it died depends on the
+    # dispatcher's timing (a task not yet sent is simply still pending): what must hold is
+    # that the one running task failed and none of the others was lost or failed.
+    assert re.search(r"1 task\(s\) failed, [0-5] requeued", caplog.text), caplog.text
 
 
 def test_a_task_that_kills_every_worker_before_it_starts_is_failed(start_method: str) -> None:

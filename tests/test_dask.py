@@ -38,6 +38,7 @@ from fifo import Gate
 import poolkit
 from poolkit import BrokenProcessPool, RemoteTraceback, WorkerCrashedError
 from poolkit._dask.executor import LOCAL_CLUSTER_CONFIG, DaskExecutor
+from poolkit._map.host import MapHost
 
 TESTS_DIR = str(Path(__file__).parent)
 # The module's cluster is a plain-TCP one on loopback, as a user may bring: poolkit warns
@@ -268,6 +269,7 @@ def test_contract(
 def test_submit_on_the_cluster(cluster: Cluster) -> None:
     with poolkit.Executor(backend="dask", address=cluster.address) as ex:
         assert isinstance(ex, DaskExecutor) and not isinstance(ex, poolkit.Executor)
+        assert isinstance(ex, MapHost)  # what map uses of an executor
         assert ex.max_workers == 2 and ex.address == cluster.address
         future = ex.submit(pow, 2, 10)
         assert isinstance(future, futures.Future)

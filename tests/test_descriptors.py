@@ -186,7 +186,7 @@ def test_every_descriptor_of_a_running_pool_is_private(start_method: str, tmp_pa
     if start_method == "forkserver":
         assert _infrastructure() & helpers, "the forkserver was not audited"
     if start_method == "fork":
-        from poolkit._start_methods.fork_template import supported
+        from poolkit._start_methods.fork import supported
 
         if supported():  # the template: a helper that is no multiprocessing infrastructure
             assert helpers - _infrastructure(), "the fork template was not audited"

@@ -19,10 +19,9 @@ from poolkit._pool.assignment import (
     steal_share,
     take_batch,
 )
-from poolkit._pool.halting import TaskDeadlines
-from poolkit._pool.stopping import TERMINATE_GRACE_SECONDS, GraceClock
+from poolkit._pool.deaths import StartupFailures
+from poolkit._pool.stopping import TERMINATE_GRACE_SECONDS, GraceClock, TaskDeadlines
 from poolkit._pool.tasks import TaskState
-from poolkit._pool.worker_handle import StartupFailures
 
 
 def _task(task_id: int, timeout: Optional[float] = None) -> TaskState:
@@ -67,7 +66,7 @@ def test_assignments_spread_a_small_queue_and_respect_budgets() -> None:
     assert not pending
     # Only the first task an idle worker gets is bound to it; the others stay pending
     # (prefetched, claimable, revocable) until the worker claims them.
-    started = {t.task_id for w in workers for t in w.assigned if t.task_id < 1000 and t.started}
+    started = {t.task_id for w in workers for t in w.assigned if t.task_id < 1000 and t.claimed}
     assert started == {1, 3}
 
 

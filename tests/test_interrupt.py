@@ -158,7 +158,7 @@ def test_an_interrupted_direct_send_loses_no_worker_and_no_task(
     # caller's thread makes to an idle worker. No real signal can be aimed at one bytecode,
     # so the exception is raised from inside the send, where a handler would raise it.
     from poolkit._pool import dispatcher as _dispatcher
-    from poolkit._wire.transport import FrameWriter
+    from poolkit._wire.frames import FrameWriter
 
     queue_frame = FrameWriter.queue_frame
     batch_prefix = _dispatcher.batch_prefix

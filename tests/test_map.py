@@ -397,6 +397,29 @@ def test_results_after_shutdown_then_a_clear_error(start_method: str) -> None:
     assert list(results) == [i * i for i in range(100)]  # everything was submitted
 
 
+def test_an_input_that_raises_runtime_error_is_not_taken_for_a_shutdown() -> None:
+    def items() -> Iterator[int]:
+        yield from range(4)
+        raise RuntimeError("the input broke")
+
+    with Executor(max_workers=1) as ex:
+        # One chunk in flight: the input fails while results are read, not in the call.
+        results = ex.map(tasks.square, items(), chunksize=2, buffersize=1)
+        # The results before the input failed, then the input's own error, unchanged.
+        assert [next(results) for _ in range(4)] == [0, 1, 4, 9]
+        with pytest.raises(RuntimeError) as info:
+            next(results)
+    assert str(info.value) == "the input broke"
+
+
+def test_the_executor_provides_what_map_uses() -> None:
+    # mypy checks both executor classes against the contract; this checks an instance.
+    from poolkit._map.host import MapHost
+
+    with Executor(max_workers=1) as ex:
+        assert isinstance(ex, MapHost)
+
+
 def test_map_over_a_list_read_after_the_with_block(start_method: str) -> None:
     # Drop-in code: map inside the block, results read after it (the stdlib submitted all).
     with Executor(max_workers=2, start_method=start_method) as ex:

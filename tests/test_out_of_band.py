@@ -267,9 +267,8 @@ def test_an_argument_the_worker_still_uses_goes_back_as_a_copy() -> None:
 def test_a_side_socket_that_cannot_be_made_closes_the_pipes_made_before(
     start_method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import multiprocessing
-
-    from poolkit._wire.transport import WorkerChannel
+    from poolkit._start_methods.registry import resolve_start_method
+    from poolkit._wire.channel import WorkerChannel
 
     def out_of_descriptors(*args: Any) -> Any:
         raise OSError(24, "Too many open files")
@@ -277,7 +276,7 @@ def test_a_side_socket_that_cannot_be_made_closes_the_pipes_made_before(
     before = set(os.listdir("/proc/self/fd"))
     monkeypatch.setattr(socket, "socketpair", out_of_descriptors)
     with pytest.raises(OSError, match="Too many open files") as failure:
-        WorkerChannel(multiprocessing.get_context(start_method))
+        WorkerChannel(resolve_start_method(start_method, None).pipe)
     # The traceback (kept alive here) still references the pipes: they must be closed.
     assert failure.value is not None
     assert set(os.listdir("/proc/self/fd")) == before

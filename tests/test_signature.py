@@ -63,6 +63,23 @@ def test_help_shows_the_parameters_and_documents_the_dask_ones() -> None:
         assert re.search(rf"^    {name}: \S", doc, re.MULTILINE), name  # in Args
 
 
+def test_help_names_the_class_where_it_is_imported_from() -> None:
+    text = pydoc.render_doc(Executor, renderer=pydoc.plaintext)
+    assert text.splitlines()[0].endswith("class Executor in module poolkit")
+    assert repr(Executor) == "<class 'poolkit.Executor'>"
+
+
+def test_dir_lists_each_public_name_once_and_nothing_imported_for_itself() -> None:
+    poolkit.Executor  # noqa: B018  (loaded: now a global of the package too)
+    names = dir(poolkit)
+    assert len(names) == len(set(names))
+    assert set(poolkit.__all__) <= set(names)
+    assert not {"Any", "TYPE_CHECKING", "annotations"} & set(names)
+    assert [name for name in names if not name.startswith("__")] == sorted(
+        name for name in poolkit.__all__ if not name.startswith("__")
+    )
+
+
 def test_a_subclass_shows_its_own_constructor() -> None:
     class Sized(Executor):
         def __init__(self, size: int) -> None:

@@ -12,8 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from poolkit._wire.messages import frame_header
-from poolkit._wire.transport import BlockingFrameSource
+from poolkit._wire.frames import BlockingFrameSource, frame_header
 from poolkit._worker.spin_wait import SpinWait
 
 AN_HOUR = 3600.0

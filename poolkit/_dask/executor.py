@@ -17,8 +17,8 @@ submitted under a unique key with ``pure=False``, and run on the worker by
 :func:`poolkit._dask.runner.run_task`, which is the local worker's own code. Results,
 exceptions (with the worker's traceback as a :class:`~poolkit.RemoteTraceback` cause) and
 pickling failures therefore come back exactly as on the local backends, and ``map`` is the
-local implementation (``poolkit._map.driver``), which drives this class through ``_check_open``,
-``_function_blob``, ``_task_ids``, ``_enqueue`` and ``max_workers``.
+local implementation (``poolkit._map.driver``), which drives this class through the members
+of :class:`poolkit._map.host.MapHost`.
 
 Faults (see docs/distributed.md):
 
@@ -40,23 +40,27 @@ passes ``security=`` on to the client and warns once about a plain ``tcp://`` ad
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import re
-import sys
 import threading
 import uuid
 import weakref
 from concurrent.futures import Future
-from typing import Any, Callable, Literal, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar
 
+from poolkit import _lifecycle as lifecycle
 from poolkit._dask.runner import run_task
 from poolkit._dask.security import PrivateCluster, check_address
 from poolkit._errors import BrokenProcessPool, WorkerCrashedError
-from poolkit._executor_base import TaskFrontend, default_workers, mark_interpreter_exiting
+from poolkit._executor_base import TaskFrontend
 from poolkit._pool.tasks import TaskFuture, TaskState, fail, resolve
 from poolkit._thread_signals import leave_signals_to_other_threads
 from poolkit._wire.messages import decode_message
+
+if TYPE_CHECKING:
+    from poolkit._map.host import MapHost
 
 logger = logging.getLogger(__name__)
 
@@ -75,41 +79,23 @@ LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
     "distributed.scheduler.http.routes": [],
     "distributed.worker.http.routes": [],
 }
-#: Constructor options of the local backends that have no meaning on a dask cluster.
-LOCAL_ONLY_OPTIONS = (
-    "mp_context",
-    "initializer",
-    "initargs",
-    "max_tasks_per_child",
-    "start_method",
-    "task_timeout",
-    "max_memory_per_child",
-)
 #: Results gathered from the cluster in one request, at most.
 GATHER_BATCH = 512
 
 _WAKE = object()  # put in a session's inbox to make its thread look at the stop request
-_live_sessions: weakref.WeakSet[_Session] = weakref.WeakSet()
-_live_lock = threading.Lock()
 
 
-def _at_interpreter_exit() -> None:
-    # As for the local backends: before the interpreter joins non-daemon threads, every open
-    # executor finishes its work and then closes its client (and its cluster).
-    mark_interpreter_exiting()
-    with _live_lock:
-        sessions = list(_live_sessions)
-    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
-    for session in sessions:
-        if interrupted:
-            session.cancel_all()
-        session.request_stop()
-    for session in sessions:
-        session.thread.join()
+def _stop_at_exit(session: _Session, interrupted: bool) -> None:
+    """As for the local pool (see ``_lifecycle``): before the interpreter joins non-daemon
+    threads, every open executor finishes its work and then closes its client (and its
+    cluster); after an unhandled Ctrl-C, its tasks are cancelled first."""
+    if interrupted:
+        session.cancel_all()
+    session.request_stop()
 
 
-if hasattr(threading, "_register_atexit"):
-    threading._register_atexit(_at_interpreter_exit)
+def _join_at_exit(session: _Session) -> None:
+    session.thread.join()
 
 
 def import_distributed() -> Any:
@@ -180,16 +166,12 @@ class DaskExecutor(TaskFrontend):
                 "security= goes with address=: a client passed in has its own, and the "
                 "cluster poolkit starts gets TLS credentials made for it"
             )
-        if max_workers is not None:
-            if not isinstance(max_workers, int) or isinstance(max_workers, bool):
-                raise TypeError(f"max_workers must be an int, got {type(max_workers).__name__}")
-            if max_workers <= 0:
-                raise ValueError(f"max_workers must be greater than 0, got {max_workers}")
-            if address is not None or client is not None:
-                raise ValueError(
-                    "max_workers sizes the local cluster poolkit starts; with address= or "
-                    "client= the cluster's own workers are used"
-                )
+        max_workers = lifecycle.check_max_workers(max_workers)
+        if max_workers is not None and (address is not None or client is not None):
+            raise ValueError(
+                "max_workers sizes the local cluster poolkit starts; with address= or "
+                "client= the cluster's own workers are used"
+            )
         distributed = import_distributed()
         cluster = private = None
         if client is not None:
@@ -203,7 +185,8 @@ class DaskExecutor(TaskFrontend):
             client = distributed.Client(address, security=security, set_as_default=False)
             owns_client = True
         else:
-            cluster, private = _start_local_cluster(distributed, max_workers or default_workers())
+            workers = max_workers or lifecycle.default_workers()
+            cluster, private = _start_local_cluster(distributed, workers)
             try:
                 client = distributed.Client(cluster, set_as_default=False)
             except BaseException:
@@ -322,23 +305,32 @@ class DaskExecutor(TaskFrontend):
         return False
 
     def __repr__(self) -> str:
-        if self._session.broken is not None:
-            state = "broken"
-        else:
-            state = "shut down" if self._shutdown else "running"
+        state = lifecycle.state_name(self._shutdown, self._session.broken)
         return (
             f"<poolkit.Executor {state}, backend='dask', address={self.address!r}, "
             f"max_workers={self._max_workers}>"
         )
 
 
+if TYPE_CHECKING:
+    _runs_maps: type[MapHost] = DaskExecutor  # map's contract: checked by mypy
+
+
 def _reject_local_options(args: tuple[Any, ...], options: dict[str, Any]) -> None:
-    """ValueError for options of the local backends given a value; TypeError for unknown ones."""
-    if len(args) > 3:
-        raise TypeError(f"Executor() takes at most 4 positional arguments ({len(args) + 1} given)")
-    given = dict(zip(("mp_context", "initializer", "initargs"), args))
+    """ValueError for options of the local backends given a value; TypeError for unknown ones.
+
+    Which options those are, and which may be given by position, is read from the two
+    constructors' signatures, so a new option of the local pool needs no change here.
+    """
+    positional, local_only = _local_only_parameters()
+    if len(args) > len(positional):
+        raise TypeError(
+            f"Executor() takes at most {len(positional) + 1} positional arguments "
+            f"({len(args) + 1} given)"
+        )
+    given = dict(zip(positional, args))
     for name, value in options.items():
-        if name not in LOCAL_ONLY_OPTIONS:
+        if name not in local_only:
             raise TypeError(f"Executor() got an unexpected keyword argument {name!r}")
         given[name] = value
     used = [name for name, value in given.items() if value is not None and value != ()]
@@ -347,6 +339,20 @@ def _reject_local_options(args: tuple[Any, ...], options: dict[str, Any]) -> Non
             f"{', '.join(used)} do(es) not apply to backend='dask' (dask starts and manages its "
             "own worker processes; see docs/distributed.md)"
         )
+
+
+def _local_only_parameters() -> tuple[tuple[str, ...], frozenset[str]]:
+    """The local pool's constructor parameters that a dask executor does not take: those
+    after ``max_workers`` that may be given by position, and all of them."""
+    from poolkit._executor import Executor  # the module that imports this one, on demand
+
+    own = inspect.signature(DaskExecutor.__init__).parameters
+    local = list(inspect.signature(Executor.__init__).parameters.values())
+    local_only = [p for p in local if p.name not in own]
+    positional = tuple(
+        p.name for p in local_only if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    )
+    return positional, frozenset(p.name for p in local_only)
 
 
 def _start_local_cluster(distributed: Any, workers: int) -> tuple[Any, PrivateCluster]:
@@ -432,11 +438,12 @@ class _Session:
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.stopping = False
         self.broken: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._run, name="poolkit-dask", daemon=False)
+        self.thread = threading.Thread(
+            target=self._run, name="poolkit-dask", daemon=lifecycle.POOL_THREADS_ARE_DAEMON
+        )
 
     def start(self) -> None:
-        with _live_lock:
-            _live_sessions.add(self)
+        lifecycle.track(self, _stop_at_exit, _join_at_exit)
         self.thread.start()
 
     # ------------------------------------------------------------ caller side
@@ -622,8 +629,7 @@ class _Session:
             fail(task, error)
 
     def _close(self) -> None:
-        with _live_lock:
-            _live_sessions.discard(self)
+        lifecycle.untrack(self)
         if self.owns_client:
             try:
                 self.client.close()

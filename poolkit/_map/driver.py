@@ -24,7 +24,6 @@ time per chunk comes back in the outcome and feeds the next decision.
 from __future__ import annotations
 
 import collections
-import enum
 import importlib
 import itertools
 import logging
@@ -39,18 +38,18 @@ from collections.abc import Iterable, Iterator, Sized
 from concurrent import futures
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from poolkit._errors import BrokenProcessPool
+from poolkit._errors import BrokenProcessPool, map_shut_down_error, remote_exception
 from poolkit._map.chunk_future import ChunkFuture
 from poolkit._map.chunking import AutoChunks, ChunkSizer, FixedChunks
 from poolkit._map.via_submit import fixed_chunksize, submit_map, submit_replaced
-from poolkit._options import check_priority
+from poolkit._options import DEFAULT, Default, check_priority
 from poolkit._pickling import serialization as serialization
-from poolkit._pool.tasks import TaskState, rebuild_exception
+from poolkit._pool.tasks import TaskState
 from poolkit._wire.buffers import HeldBuffers
-from poolkit._wire.messages import ChunkOutcome, MessageKind, TaskKind, WorkerMessage, encode_task
+from poolkit._wire.messages import ChunkOutcome, TaskKind, encode_task
 
 if TYPE_CHECKING:
-    from poolkit._executor_base import TaskFrontend as Executor
+    from poolkit._map.host import MapHost
 
 logger = logging.getLogger(__name__)
 
@@ -63,19 +62,10 @@ BUFFER_CHUNKS_PER_WORKER = 4
 BUFFER_ITEMS_PER_WORKER = 64
 
 
-class _Default(enum.Enum):
-    DEFAULT = "default"
-
-    def __repr__(self) -> str:
-        return "<default>"
-
-
-#: The default of ``chunksize`` and ``buffersize`` (see :meth:`Executor.map`).
-DEFAULT = _Default.DEFAULT
-
-#: What ``map`` accepts as ``chunksize``, ``buffersize`` and ``progress``.
-ChunksizeArg = Union[int, str, _Default]
-BuffersizeArg = Union[int, None, _Default]
+#: What ``map`` accepts as ``chunksize``, ``buffersize`` (both default to ``DEFAULT``) and
+#: ``progress``.
+ChunksizeArg = Union[int, str, Default]
+BuffersizeArg = Union[int, None, Default]
 ProgressArg = Union[bool, Callable[[int], Any], None]
 
 
@@ -95,7 +85,7 @@ def common_length(iterables: tuple[Iterable[Any], ...]) -> Optional[int]:
 
 
 def start_map(
-    executor: Executor,
+    executor: MapHost,
     fn: Callable[..., Any],
     items: Iterator[Any],
     total: Optional[int],
@@ -169,7 +159,7 @@ def start_map(
         assert isinstance(chunksize, int)
         sizer = FixedChunks(chunksize)
 
-    run = _MapRun(executor, fn, items, total, sizer, buffersize, ordered, end_time, star)
+    run = MapRun(executor, fn, items, total, sizer, buffersize, ordered, end_time, star)
     run.submit.priority = priority
     run.finish_at_shutdown = finish_at_shutdown
     run.fill()
@@ -215,7 +205,7 @@ class _Chunk(ChunkFuture):
 class _ChunkSubmitter:
     """Submits map chunks; the function is pickled once for the whole map."""
 
-    def __init__(self, executor: Executor, fn: Callable[..., Any], kind: TaskKind) -> None:
+    def __init__(self, executor: MapHost, fn: Callable[..., Any], kind: TaskKind) -> None:
         # A weak reference: an abandoned map iterator must not keep the executor alive.
         self._executor_ref = weakref.ref(executor)
         self._kind = kind
@@ -254,7 +244,7 @@ class _ChunkSubmitter:
 
     def _enqueue(
         self,
-        executor: Executor,
+        executor: MapHost,
         start: int,
         count: int,
         args_blob: bytes,
@@ -269,7 +259,7 @@ class _ChunkSubmitter:
         task = TaskState(task_id, entry, parts, self.fn_name, items=count, held=held)
         task.priority = self.priority
         entry.task = task
-        executor._enqueue(task)
+        executor._enqueue_chunk(task)
         return entry
 
     def _failed(self, start: int, count: int, error: BaseException) -> _Chunk:
@@ -279,7 +269,7 @@ class _ChunkSubmitter:
         return entry
 
     def _split_unpicklable(
-        self, executor: Executor, start: int, chunk: list[Any], sizer: ChunkSizer
+        self, executor: MapHost, start: int, chunk: list[Any], sizer: ChunkSizer
     ) -> list[_Chunk]:
         for index, args in enumerate(chunk):
             try:
@@ -307,12 +297,12 @@ _CHECK_PLAIN_UP_TO = 8
 # ---------------------------------------------------------------------------- a map
 
 
-class _MapRun:
+class MapRun:
     """The state of one map: the input, the chunks in flight, and how they are consumed."""
 
     def __init__(
         self,
-        executor: Executor,
+        executor: MapHost,
         fn: Callable[..., Any],
         items: Iterator[Any],
         total: Optional[int],
@@ -341,9 +331,7 @@ class _MapRun:
         # fill() runs in the consuming thread, and in a thread that calls shutdown().
         self._lock = threading.RLock()
         self.finish_at_shutdown = False
-        register = getattr(executor, "_register_map", None)
-        if register is not None:
-            register(self)
+        executor._register_map(self)
 
     def finish_input(self) -> None:
         """Submit all the remaining input now, if it has a known length (at shutdown).
@@ -372,16 +360,13 @@ class _MapRun:
                 ):
                     if not self._submit_one():
                         return
-        except (RuntimeError, BrokenProcessPool) as exc:
-            self.items = None
-            self.stop_error = exc
-            if isinstance(exc, RuntimeError) and "shutdown" in str(exc):
-                self.stop_error = RuntimeError(
-                    f"{exc}: the executor was shut down while this map still had input "
-                    "(map reads its input as results are consumed; consume them before "
-                    "shutdown, e.g. inside the `with` block, or pass buffersize=None to "
-                    "submit everything at the call)"
-                )
+        except RuntimeError as exc:  # BrokenProcessPool included
+            # Raised by the input itself: it too comes after the results in flight.
+            self._stop_input(exc)
+
+    def _stop_input(self, error: BaseException) -> None:
+        self.items = None
+        self.stop_error = error
 
     def _outstanding(self) -> int:
         return len(self.in_flight) if self.ordered else len(self.pending)
@@ -396,7 +381,14 @@ class _MapRun:
             return False
         start = self.next_index
         self.next_index += len(chunk)
-        entries = self.submit(start, chunk, self.sizer)
+        try:
+            entries = self.submit(start, chunk, self.sizer)
+        except BrokenProcessPool as exc:  # the pool broke meanwhile
+            self._stop_input(exc)
+            return False
+        except RuntimeError as exc:  # shut down meanwhile: _enqueue_chunk's other refusal
+            self._stop_input(map_shut_down_error(exc))
+            return False
         if not entries:  # the executor is gone
             self.items = None
             return False
@@ -490,8 +482,7 @@ class _MapRun:
         if sys.version_info < (3, 11):
             # No notes before 3.11: say it in the worker's traceback, which is printed.
             tb = f"{tb.rstrip()}\n\n(poolkit: raised by {where})\n"
-        message = WorkerMessage(MessageKind.ERROR, 0, 0.0, tb, outcome.error)
-        error = rebuild_exception(message, f"the exception raised by {call}")
+        error = remote_exception(outcome.error, None, tb, f"the exception raised by {call}")
         _mark(error, index, where)
         return error
 
@@ -520,7 +511,7 @@ def _mark(error: BaseException, index: int, where: str) -> None:
 
 
 def _results(
-    run: _MapRun,
+    run: MapRun,
     callback: Optional[Callable[[int], Any]],
     make_bar: Optional[Callable[[Optional[int]], Any]],
 ) -> Iterator[Any]:

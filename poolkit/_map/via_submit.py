@@ -32,14 +32,14 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
-    from poolkit._executor_base import TaskFrontend as Executor
+    from poolkit._map.host import MapHost
 
 
 #: A submitted chunk's future, and an event set once its done-callbacks have run.
 _Tracked = tuple[Future[Any], threading.Event]
 
 
-def submit_replaced(executor: Executor) -> bool:
+def submit_replaced(executor: MapHost) -> bool:
     """True if ``executor.submit`` is not one of poolkit's own methods."""
     if "submit" in vars(executor):
         return True
@@ -64,7 +64,7 @@ def fixed_chunksize(chunksize: Any, total: Optional[int], workers: int) -> int:
 
 
 def submit_map(
-    executor: Executor,
+    executor: MapHost,
     fn: Callable[..., Any],
     items: Iterator[Any],
     *,

@@ -11,7 +11,7 @@ as one argument of the worker's process, as the standard library sends its ``ini
 - ``spawn`` and ``forkserver``: ``multiprocessing`` pickles that argument while it starts
   each worker, so every worker (first or replacement) gets fresh handles;
 - ``fork``: nothing is pickled, the worker inherits the objects; the fork template (see
-  ``_fork_template``) inherits them once, at pool start, and its forks inherit them again.
+  ``_start_methods.fork``) inherits them once, at pool start, and its forks inherit them again.
 
 :func:`check_travel` tries that pickling at construction against a stand-in process, so an
 object that cannot reach a worker of the pool's start method fails there, named.
@@ -30,7 +30,7 @@ from poolkit._pickling import serialization as serialization
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
 
-    from poolkit._start_methods.registry import Backend
+    from poolkit._start_methods.base import StartMethod
 
 # The worker only unpacks (``unpack``): the multiprocessing modules that define the objects
 # are imported by the parent's side alone, on first need, so a worker starts without them.
@@ -267,7 +267,7 @@ def describe(obj: Any) -> str:
 
 
 def describe_carried(obj: Any) -> str:
-    """How an object a backend carries is named in an error."""
+    """How an object a start method carries is named in an error."""
     from poolkit._worker.main import WorkerConfig
 
     if isinstance(obj, WorkerConfig):
@@ -306,8 +306,8 @@ def unpicklable_part(initializer: Any, initargs: tuple[Any, ...]) -> str:
 
 def prepare(
     config: Any, start_method: Optional[str], mp_context: Optional[BaseContext]
-) -> tuple[PackedConfig, Backend]:
-    """Pickle a ``WorkerConfig`` for the workers, and pick the backend that can take it.
+) -> tuple[PackedConfig, StartMethod]:
+    """Pickle a ``WorkerConfig`` for the workers, and pick the start method that can take it.
 
     With neither ``start_method`` nor ``mp_context``, a configuration that only forked
     workers can use (objects of a ``fork`` context, such as ``multiprocessing.Lock()``
@@ -319,35 +319,35 @@ def prepare(
     Raises:
         TypeError: the initializer or an item of ``initargs`` cannot be pickled, or cannot
             be given to the workers of the start method (the message names it).
-        ValueError: see ``resolve_backend``.
+        ValueError: see ``resolve_start_method``.
     """
     import logging  # the parent's side only: a worker does not import logging
 
-    from poolkit._start_methods.registry import resolve_backend, start_methods
+    from poolkit._start_methods.registry import resolve_start_method, start_methods
 
     logger = logging.getLogger(__name__)
-    backend = resolve_backend(start_method, mp_context)
+    method = resolve_start_method(start_method, mp_context)
     may_fork = start_method is None and mp_context is None and "fork" in start_methods()
     try:
         packed = pack(config)
     except Exception as exc:
-        if backend.name != "fork" and not may_fork:
+        if method.name != "fork" and not may_fork:
             part = unpicklable_part(config.initializer, config.initargs)
             raise TypeError(f"{part} cannot be pickled: {type(exc).__name__}: {exc}") from exc
-        if backend.name != "fork":
+        if method.name != "fork":
             logger.info("poolkit: initargs cannot be pickled (%s): the pool uses fork", exc)
-            backend = resolve_backend("fork", None)
+            method = resolve_start_method("fork", None)
         packed = PackedConfig(b"", (config,))
     else:
-        if packed.objects and backend.name != "fork" and may_fork and fork_bound(packed.objects):
+        if packed.objects and method.name != "fork" and may_fork and fork_bound(packed.objects):
             logger.info("poolkit: initargs hold objects of a fork context: the pool uses fork")
-            backend = resolve_backend("fork", None)
+            method = resolve_start_method("fork", None)
         for obj in packed.objects:
-            why = travel_error(obj, backend.name)
+            why = method.travel_error(obj)
             if why is not None:
                 where = locate(obj, config.initializer, config.initargs)
                 raise TypeError(
-                    f"{where} ({describe(obj)}) cannot be given to {backend.name} workers: {why}"
+                    f"{where} ({describe(obj)}) cannot be given to {method.name} workers: {why}"
                 )
-    backend.carry(packed.objects)
-    return packed, backend
+    method.carry(packed.objects)
+    return packed, method

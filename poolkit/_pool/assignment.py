@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Optional
 
 from poolkit._pool.pending import PendingQueue
-from poolkit._pool.tasks import TaskState
+from poolkit._pool.tasks import TaskState, claim
 from poolkit._pool.worker_handle import WorkerHandle
 from poolkit._wire.slots import CLAIM_RING
 
@@ -100,10 +100,8 @@ def take_batch(pending: PendingQueue, count: int, idle: bool) -> list[TaskState]
         if head.timeout is not None and (batch or not idle):
             break
         task = pending.popleft()
-        if idle and not batch and not task.started:
-            if not task.future.set_running_or_notify_cancel():
-                continue  # cancelled by the caller while it waited
-            task.started = True
+        if idle and not batch and not claim(task):
+            continue  # cancelled by the caller while it waited
         batch.append(task)
         if task.timeout is not None:
             break

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Callable, Optional
 
-from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, mark_started
+from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, claim_posted
 from poolkit._pool.worker_handle import WorkerHandle
 
 
@@ -32,7 +32,7 @@ def post_claims(
     the same lock) waits in the parent: it is returned as outranked, to be queued again.
     """
     slot = worker.running
-    bound_first = not worker.assigned and batch[0].started
+    bound_first = not worker.assigned and batch[0].claimed
     posted: list[TaskState] = []
     outranked: list[TaskState] = []
     with CLAIMS_LOCK:
@@ -41,7 +41,7 @@ def post_claims(
                 slot.post(slot.sent, task.task_id, True)
                 task.board = None
             else:
-                if not task.started and task.future.cancelled():
+                if not task.claimed and task.future.cancelled():
                     notify_cancelled(task)
                     continue
                 if top_priority is not None and top_priority > task.priority:
@@ -72,7 +72,7 @@ def note_next_started(worker: WorkerHandle) -> None:
     if board is None:
         return
     if board.is_started(head.seq, head.task_id) or board.claim_for_worker(head.seq, head.task_id):
-        mark_started(head)
+        claim_posted(head)
 
 
 def take_back(tasks: Iterable[TaskState]) -> list[TaskState]:
@@ -90,7 +90,7 @@ def take_back(tasks: Iterable[TaskState]) -> list[TaskState]:
             if board.revoke(task.seq, task.task_id):
                 taken.append(task)
             else:
-                mark_started(task)  # the worker claimed it first: it runs there
+                claim_posted(task)  # the worker claimed it first: it runs there
     return taken
 
 

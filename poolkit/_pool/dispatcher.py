@@ -56,14 +56,10 @@ from typing import Any, Callable, Optional
 from poolkit._errors import (
     BrokenProcessPool,
     TaskStopped,
-    collateral_error,
-    crash_error,
     describe_exit,
-    name_exception,
     not_run_error,
     safe_str,
     set_cause,
-    unstarted_crash_error,
 )
 from poolkit._pool.assignment import assignments, in_flight_limit, steal_share
 from poolkit._pool.claims import (
@@ -73,29 +69,33 @@ from poolkit._pool.claims import (
     take_back,
     take_back_below,
 )
-from poolkit._pool.halting import TaskDeadlines, halt_task, kill_group, stopped_error, timeout_error
+from poolkit._pool.deaths import StartupFailures, last_task, log_death, settle_held_tasks
 from poolkit._pool.pending import PendingQueue
-from poolkit._pool.stopping import GraceClock
-from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, fail, rebuild_exception, resolve
-from poolkit._pool.worker_handle import UNSTARTED_DEATH_LIMIT, StartupFailures, WorkerHandle, reap
-from poolkit._start_methods.registry import Backend
-from poolkit._thread_signals import leave_signals_to_other_threads, signal_mask
-from poolkit._wire.buffers import open_buffers
+from poolkit._pool.reading import read_messages
+from poolkit._pool.state import PoolState
+from poolkit._pool.stopping import (
+    GraceClock,
+    Halt,
+    TaskDeadlines,
+    halt_task,
+    kill_group,
+    stopped_error,
+    timeout_error,
+)
+from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, claim, fail, rebuild_exception, resolve
+from poolkit._pool.worker_handle import WorkerHandle, reap
+from poolkit._pool.worker_set import WorkerSet
+from poolkit._start_methods.base import StartMethod
+from poolkit._thread_signals import leave_signals_to_other_threads
+from poolkit._wire.fds import register_parent_fd, unregister_parent_fd
 from poolkit._wire.messages import (
     Buffer,
-    FrameError,
     MessageKind,
     WorkerMessage,
     batch_prefix,
-    decode_message,
 )
-from poolkit._wire.transport import register_parent_fd, unregister_parent_fd
-from poolkit._worker.main import worker_main
 
 logger = logging.getLogger(__name__)
-
-#: Seconds a worker may live on after its result pipe hung up before the pool kills it.
-_HANG_UP_GRACE = 2.0
 
 #: A thread submitting a burst lets the dispatcher run once per this many queued tasks.
 YIELD_EVERY = 64
@@ -106,7 +106,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: StartMethod,
         max_workers: int,
         config_blob: bytes,
         max_tasks_per_child: Optional[int],
@@ -126,8 +126,9 @@ class Dispatcher:
         self._on_revoke = _weak_revoke(weakref.ref(self))
         #: A task with a priority was submitted: submits then keep the priority rule.
         self._prioritized = False
-        self._workers: dict[int, WorkerHandle] = {}
         self._selector = selectors.DefaultSelector()
+        self._worker_set = WorkerSet(backend, config_blob, max_tasks_per_child, self._selector)
+        self._workers = self._worker_set.by_pid  # pid -> handle, of every live worker
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -146,22 +147,20 @@ class Dispatcher:
         self._thread: Optional[threading.Thread] = None
         self._inherited_mask: AbstractSet[int] = frozenset()  # the signal mask _run started with
         # Requests from other threads; read by the dispatcher thread after a wakeup.
-        self._stop_requested = False
+        self._shutdown_requested = False  # shutdown() or a force: finish, then stop
         self._force_signal: Optional[signal.Signals] = None
         self._force_done = threading.Event()
         self._cancelled_waiting = False  # cancel_pending() left cancelled tasks in the queue
-        # Dispatcher-thread state.
-        self._stopping = False  # inboxes closed, or workers signalled: no more assignments
-        self._forced_by: Optional[str] = None
-        self.broken: Optional[BaseException] = None  # why the pool cannot go on
+        #: Futures whose running task ``Executor.stop()`` asked to halt (any thread appends).
+        self._halt_requests: collections.deque[Future[Any]] = collections.deque()
+        # Dispatcher-thread state, changed under ``_lock`` (see ``_pool.state``).
+        self._state = PoolState.RUNNING
+        self._forced_by: Optional[str] = None  # the call that forced the pool (FORCED)
+        self.broken: Optional[BaseException] = None  # why the pool cannot go on (BROKEN)
         self._grace = GraceClock()
         self._task_seconds: Optional[float] = None  # moving average of task run time
         self._startup_failures = StartupFailures()
         self._deadlines = TaskDeadlines()  # of the running tasks with a time limit
-        #: pid -> when a worker whose result pipe hung up unasked counts as cut off from it.
-        self._hung_up: dict[int, float] = {}
-        #: Futures whose running task the caller asked to stop (any thread appends).
-        self._stop_requests: collections.deque[Future[Any]] = collections.deque()
 
     # ------------------------------------------------------------------ caller side
 
@@ -170,12 +169,9 @@ class Dispatcher:
         try:
             for _ in range(self._max_workers):
                 self._start_worker()
-            self._backend.prepare_respawns(worker_main, self._config_blob)
+            self._backend.prepare_respawns(self._config_blob)
         except BaseException:
-            for worker in list(self._workers.values()):
-                worker.process.kill()
-                worker.process.join()
-                self._release(worker)
+            self._worker_set.kill_all()
             self._backend.close()
             self._close_fds()
             raise
@@ -232,17 +228,16 @@ class Dispatcher:
         if task.timeout is not None or not self._lock.acquire(blocking=False):
             return False
         try:
-            if self.pending or self._stop_requested or self._stopping:
+            if self.pending or not self._still_running():
                 return False
             for worker in self._workers.values():
                 if not worker.assigned and worker.budget is None and worker.accepting:
                     break
             else:
                 return False
-            if not task.future.set_running_or_notify_cancel():
+            if not claim(task):
                 return True  # cancelled already: nothing to run
-            task.started = True
-            worker.progress_at = time.monotonic()
+            worker.note_progress(time.monotonic())
             try:
                 self._send(worker, [task])
             except BaseException:
@@ -250,7 +245,7 @@ class Dispatcher:
                 # steps of the send, leaving the frame half queued or half written: the
                 # worker's inbox cannot be trusted any more. Replace the worker; its death
                 # settles whatever it held, this task included if it got that far.
-                worker.closing = True
+                worker.mark_closing()
                 worker.signal(signal.SIGKILL)
                 if task not in worker.assigned:
                     self.pending.appendleft(task)
@@ -276,7 +271,7 @@ class Dispatcher:
 
     def request_stop(self) -> None:
         """Finish every pending task, then stop the workers (any thread)."""
-        self._stop_requested = True
+        self._shutdown_requested = True
         self.wake()
 
     def cancel_pending(self) -> None:
@@ -287,19 +282,19 @@ class Dispatcher:
         here, so a Ctrl-C landing in the middle cannot lose a task.
         """
         for task in list(self.pending):  # a snapshot: the dispatcher pops meanwhile
-            if not task.started:
+            if not task.claimed:
                 task.future.cancel()
         # Prefetched but not started: cancel() takes them back from their workers.
         for worker in list(self._workers.values()):
             for task in list(worker.assigned):
-                if task.board is not None and not task.started:
+                if task.board is not None and not task.claimed:
                     task.future.cancel()
         self._cancelled_waiting = True
         self.wake()
 
     def force_stop(self, signum: signal.Signals) -> None:
         """Signal every worker now; running tasks fail (any thread)."""
-        self._stop_requested = True
+        self._shutdown_requested = True
         self._force_signal = signum
         self.wake()
         if not self.in_dispatcher_thread() and self._thread is not None and self._thread.is_alive():
@@ -307,7 +302,7 @@ class Dispatcher:
 
     def stop_task(self, future: Future[Any]) -> None:
         """Stop the task of ``future``: cancel it if queued, kill its worker if running."""
-        self._stop_requests.append(future)
+        self._halt_requests.append(future)
         self.wake()
 
     def join(self, timeout: Optional[float] = None) -> None:
@@ -318,9 +313,15 @@ class Dispatcher:
     def in_dispatcher_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def _still_running(self) -> bool:
+        """RUNNING, with no shutdown or force asked for that the dispatcher has yet to see
+        (any thread): a caller may hand a task straight to a worker, and a retiring worker
+        gets its successor before it exits."""
+        return self._state is PoolState.RUNNING and not self._shutdown_requested
+
+    def _finished(self) -> bool:
+        """Every worker is gone, and none will be started: the loop ends."""
+        return not self._workers and not self._state.assigns
 
     # ------------------------------------------------------------- the event loop
 
@@ -330,11 +331,11 @@ class Dispatcher:
         lock = self._lock
         lock.acquire()
         try:
-            while self._workers or not self._stopping:
-                self._handle_requests()
-                self._assign()
-                self._maybe_begin_stop()
-                if self._stopping and not self._workers:
+            while not self._finished():
+                self._handle_requests()  # RUNNING -> DRAINING, -> FORCED; stop(), cancel()
+                self._assign()  # while RUNNING or DRAINING
+                self._close_inboxes_once_drained()  # DRAINING -> CLOSING
+                if self._finished():
                     break
                 timeout = self._select_timeout()
                 lock.release()
@@ -342,10 +343,10 @@ class Dispatcher:
                     events = self._selector.select(timeout)
                 finally:
                     lock.acquire()
-                for key, mask in events:
-                    key.data(mask)
+                for key, _mask in events:
+                    key.data()  # answers, worker deaths (-> BROKEN), writable inboxes
                 self._on_task_deadlines()
-                if self._hung_up:
+                if self._worker_set.hung_up:
                     self._on_hang_ups()
                 self._grace.escalate_if_due(self._workers.values(), time.monotonic())
         except BaseException as exc:  # a bug here must not leave futures unresolved
@@ -372,15 +373,9 @@ class Dispatcher:
         try:
             self._break(error)
         finally:
-            for worker in list(self._workers.values()):
-                try:
-                    worker.signal(signal.SIGKILL)
-                    worker.process.join(5.0)
-                    self._release(worker)
-                except BaseException:
-                    logger.exception("poolkit dispatcher cleanup of worker %d", worker.pid)
+            self._worker_set.kill_all()
 
-    def _on_wakeup(self, mask: int) -> None:
+    def _on_wakeup(self) -> None:
         try:
             while len(os.read(self._wake_r, 4096)) == 4096:
                 pass  # a short read emptied the pipe
@@ -391,26 +386,23 @@ class Dispatcher:
         self._wake_signalled = False
 
     def _handle_requests(self) -> None:
+        """Act on what other threads asked for since the last look."""
         signum = self._force_signal
         if signum is not None and self._forced_by is None:
-            self._forced_by = (
-                "Executor.kill_workers()"
-                if signum == signal.SIGKILL
-                else "Executor.terminate_workers()"
-            )
-            self._signal_all(signum)
-            self._force_done.set()
+            self._force(signum)
+        if self._shutdown_requested and self._state is PoolState.RUNNING:
+            self._state = PoolState.DRAINING
         if self._revoked:
             self._take_back_revoked()
-        while self._stop_requests:
-            self._stop(self._stop_requests.popleft())
+        while self._halt_requests:
+            self._halt_on_request(self._halt_requests.popleft())
         if self._cancelled_waiting:
             self._cancelled_waiting = False
             self._drop_cancelled()
 
     def _select_timeout(self) -> Optional[float]:
         deadlines = [d for d in (self._grace.deadline, self._deadlines.next) if d is not None]
-        deadlines.extend(self._hung_up.values())
+        deadlines.extend(self._worker_set.hung_up.values())
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -420,7 +412,7 @@ class Dispatcher:
     def _assign(self) -> None:
         """Give pending tasks to workers with room (see ``_assignment``); then let each idle
         worker take back tasks that wait, unstarted, in another worker."""
-        if self._stopping:
+        if not self._state.assigns:
             return
         if self.pending:
             candidates = [w for w in self._workers.values() if w.accepting]
@@ -463,7 +455,7 @@ class Dispatcher:
                     continue
                 # Only where it is found: a task not in a worker's list any more was
                 # requeued or settled (and its waiters told) by a worker's death.
-                if task.future.cancelled() and not task.started:
+                if task.future.cancelled() and not task.claimed:
                     notify_cancelled(task)
                 else:
                     requeue.append(task)
@@ -483,12 +475,10 @@ class Dispatcher:
             if task.held is not None:
                 parts.extend(task.held.table_for(worker.channel.side))
         worker.assigned.extend(batch)
-        if worker.budget is not None:
-            worker.budget -= len(batch)
-            if worker.budget == 0 and not self._stop_requested:
-                # Start the successor now, so the pool never waits for the exit.
-                worker.replaced = True
-                self._start_worker_or_break()
+        if worker.spend_budget(len(batch)) and self._still_running():
+            # Start the successor now, so the pool never waits for the exit.
+            worker.note_successor_started()
+            self._start_worker_or_break()
         writer = worker.channel.writer
         assert writer is not None
         writer.queue_frame(parts)
@@ -496,7 +486,7 @@ class Dispatcher:
 
     def _post_claims(self, worker: WorkerHandle, batch: list[TaskState]) -> list[TaskState]:
         """Post the batch's claim words (``_claims.post_claims``); the tasks to send."""
-        if len(batch) == 1 and batch[0].started and not worker.assigned:
+        if len(batch) == 1 and batch[0].claimed and not worker.assigned:
             # One task for an idle worker, marked running already: bound, nothing to take
             # back, no lock (a running future's cancel() is False whoever asks).
             slot, task = worker.running, batch[0]
@@ -521,70 +511,30 @@ class Dispatcher:
         except BrokenPipeError:
             writer.discard()  # the worker died; its sentinel brings us to _on_worker_exit
             done = True
-        if done and worker.writing:
-            self._selector.unregister(writer.fd)
-            worker.writing = False
-        elif not done and not worker.writing:
-            self._selector.register(
-                writer.fd, selectors.EVENT_WRITE, lambda _m: self._flush(worker)
-            )
-            worker.writing = True
+        if done:
+            worker.stop_watching_writable(self._selector)
+        else:
+            worker.watch_writable(self._selector, lambda: self._flush(worker))
 
     # -------------------------------------------------------------- collection
 
-    def _on_readable(self, worker: WorkerHandle, mask: int) -> None:
+    def _collect(self, worker: WorkerHandle) -> None:
+        """Read and act on every message the worker has written so far."""
         if not worker.reading:
             return
-        reader = worker.channel.reader
-        frames, at_eof = reader.read_frames()
-        for frame in frames:
-            try:
-                message = decode_message(frame)
-            except FrameError as exc:
-                self._on_channel_fault(worker, f"held {exc} (it begins {bytes(frame[:16])!r})")
-                return
-            if message.sender != worker.pid:
-                self._on_channel_fault(
-                    worker, f"held a message written by process {message.sender}, not the worker"
-                )
-                return
-            if message.buffers is not None:
-                message = self._receive_buffers(worker, message)
+        reading = read_messages(worker)
+        for message in reading.messages:
             self._on_message(worker, message)
-        if reader.fault is not None:
-            self._on_channel_fault(worker, f"held {reader.fault}")
-            return
-        if at_eof:
-            # The worker closed its end: it is exiting, and its death descriptor reports when
-            # it is gone. Unless it is not: a task that closed or replaced the pipe leaves a
-            # worker that runs on and can never answer. It gets a moment to die on its own
-            # (the hang-up comes just before the exit) before it counts as a fault.
-            self._selector.unregister(worker.channel.outbox_fd)
-            worker.reading = False
-            if worker.assigned or not (worker.closing or worker.budget == 0):
-                self._hung_up[worker.pid] = time.monotonic() + _HANG_UP_GRACE
+        if reading.fault is not None:
+            self._on_channel_fault(worker, reading.fault)
+        elif reading.at_eof:
+            worker.stop_reading(self._selector)
+            if worker.assigned or not worker.exit_expected:
+                self._worker_set.note_hang_up(worker)  # it may run on, cut off from the pipe
 
     def _on_hang_ups(self) -> None:
-        now = time.monotonic()
-        for pid, due in list(self._hung_up.items()):
-            if due > now:
-                continue
-            del self._hung_up[pid]
-            worker = self._workers.get(pid)
-            if worker is not None and worker.fault is None:
-                self._on_channel_fault(worker, "was closed, and the worker ran on without it")
-
-    def _receive_buffers(self, worker: WorkerHandle, message: WorkerMessage) -> WorkerMessage:
-        # Taken off the side socket for every message that has them, in order, even one
-        # whose task is settled already: the next message's files come after them.
-        assert message.buffers is not None
-        try:
-            buffers = open_buffers(message.buffers, worker.channel.side)
-        except (ConnectionError, OSError) as exc:
-            # Unpickling then fails, and says so in the task's error.
-            logger.warning("the buffers of a message from worker %d: %s", worker.pid, exc)
-            return message._replace(buffers=None)
-        return message._replace(buffers=buffers)
+        for worker in self._worker_set.cut_off(time.monotonic()):
+            self._on_channel_fault(worker, "was closed, and the worker ran on without it")
 
     def _on_channel_fault(self, worker: WorkerHandle, reason: str) -> None:
         """Bytes on a worker's result pipe that the worker did not write as a message.
@@ -594,16 +544,10 @@ class Dispatcher:
         group, and its death (``_on_worker_exit``) fails the task it had started, naming
         the fault, and sends the others to other workers.
         """
-        if worker.reading:
-            self._selector.unregister(worker.channel.outbox_fd)
-            worker.reading = False
+        worker.stop_reading(self._selector)
         if worker.fault is not None:
             return
-        worker.fault = reason
-        # Answers arrive in order: the bytes came before the answer of the oldest task
-        # still unanswered, so that task's code (or what it started) wrote them.
-        worker.fault_task = worker.assigned[0].task_id if worker.assigned else 0
-        worker.closing = True
+        worker.mark_fault(reason)  # charged to the oldest task still unanswered
         logger.warning("poolkit worker %d: its result pipe %s; killing it", worker.pid, reason)
         kill_group(worker.pid)
 
@@ -611,26 +555,28 @@ class Dispatcher:
         kind = message.kind
         if kind is MessageKind.RESULT or kind is MessageKind.ERROR:
             assigned = worker.assigned
-            if assigned and assigned[0].task_id == message.task_id:
+            if assigned and assigned[0].task_id == message.task_id:  # the common case
                 # Resolved while still in the list, then taken off: if resolving fails
                 # (it should not), the dispatcher's own failure path still settles it.
                 self._on_answer(worker, assigned[0], message)
                 assigned.popleft()
                 note_next_started(worker)
-                return
-        if message.kind is MessageKind.READY:
-            worker.ready = True
+            else:
+                self._on_answer_by_id(worker, message)
+        elif kind is MessageKind.SKIPPED:
+            self._on_answer_by_id(worker, message)
+        elif kind is MessageKind.READY:
+            worker.mark_ready()
             self._startup_failures.worker_ready()
-            return
-        if message.kind is MessageKind.INIT_FAILED:
+        elif kind is MessageKind.INIT_FAILED:
             self._on_initializer_failure(worker, message)
-            return
-        if message.kind is MessageKind.RETIRING:
+        elif kind is MessageKind.RETIRING:
             self._on_retiring(worker)
-            return
-        if message.kind is MessageKind.LOOP_FAILED:
-            worker.loop_error = rebuild_exception(message, "the worker's exception")
-            return
+        elif kind is MessageKind.LOOP_FAILED:
+            worker.note_loop_error(rebuild_exception(message, "the worker's exception"))
+
+    def _on_answer_by_id(self, worker: WorkerHandle, message: WorkerMessage) -> None:
+        """A SKIPPED, or a RESULT or ERROR not for the oldest task the worker holds."""
         # Answers are matched by id, not by order: the oldest task may have lost its answer
         # (its code closed or replaced the worker's pipe), and the others must not lose
         # theirs with it. That task is settled when the worker ends.
@@ -641,7 +587,7 @@ class Dispatcher:
             logger.debug("worker %d answered settled task %d", worker.pid, message.task_id)
             return
         if message.kind is MessageKind.SKIPPED:
-            worker.progress_at = time.monotonic()
+            worker.note_progress(time.monotonic())
             fail(task, task.halt_error or TaskStopped("the task was stopped before it started"))
         else:
             self._on_answer(worker, task, message)
@@ -651,7 +597,7 @@ class Dispatcher:
 
     def _on_answer(self, worker: WorkerHandle, task: TaskState, message: WorkerMessage) -> None:
         """A task's RESULT or ERROR: resolve its future."""
-        worker.progress_at = time.monotonic()
+        worker.note_progress(time.monotonic())
         previous = self._task_seconds
         self._task_seconds = (
             message.duration if previous is None else 0.8 * previous + 0.2 * message.duration
@@ -660,14 +606,14 @@ class Dispatcher:
 
     def _on_retiring(self, worker: WorkerHandle) -> None:
         # Over its memory limit: it exits after this message. Its successor starts now.
-        worker.closing = True
-        if not (worker.replaced or self._stop_requested):
-            worker.replaced = True
+        worker.mark_closing()
+        if not worker.has_successor and self._still_running():
+            worker.note_successor_started()
             self._start_worker_or_break()
 
     # ------------------------------------------------------------ halting tasks
 
-    def _stop(self, future: Future[Any]) -> None:
+    def _halt_on_request(self, future: Future[Any]) -> None:
         """Handle Executor.stop(future)."""
         if future.done() or future.cancel():
             return  # finished, or cancelled while it waited: nothing runs
@@ -695,7 +641,7 @@ class Dispatcher:
             worker = self._workers.get(pid)
             if worker is None:
                 continue
-            self._on_readable(worker, 0)  # a result already on its way wins
+            self._collect(worker)  # a result already on its way wins
             task = next((t for t in worker.assigned if t.task_id == task_id), None)
             if task is None or task.timeout is None:
                 continue
@@ -709,10 +655,18 @@ class Dispatcher:
         self, worker: WorkerHandle, task: TaskState, error: Callable[[bool], BaseException]
     ) -> None:
         def still_assigned() -> bool:
-            self._on_readable(worker, 0)  # an answer already written wins
+            self._collect(worker)  # an answer already written wins
             return task in worker.assigned and not worker.channel.reader.mid_frame
 
-        halt_task(worker, task, error, still_assigned)
+        outcome = halt_task(worker, task, still_assigned)
+        if outcome is Halt.KILLED:
+            worker.mark_halted()  # dying: given nothing more, and its death is no crash
+            worker.assigned.remove(task)
+            fail(task, error(True))
+        elif outcome is not Halt.ANSWERED:
+            task.halt_error = error(False)  # what its SKIPPED answer will fail it with
+            if outcome is Halt.SKIPPED_NOW:
+                fail(task, task.halt_error)
 
     def _on_initializer_failure(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         cause = rebuild_exception(message, "the initializer's exception")
@@ -725,102 +679,32 @@ class Dispatcher:
 
     # ------------------------------------------------------------- worker deaths
 
-    def _on_worker_exit(self, worker: WorkerHandle, mask: int) -> None:
-        self._on_readable(worker, mask)  # results written before it died still count
+    def _on_worker_exit(self, worker: WorkerHandle) -> None:
+        self._collect(worker)  # results written before it died still count
         if self._revoked:
             self._take_back_revoked()
         with CLAIMS_LOCK:
             for task in worker.assigned:
                 task.board = None  # its slot is closed below; nobody may swap its words
         exitcode = reap(worker.process)
-        crashed_id = worker.running.value
-        if not crashed_id:
-            # Its slot says idle, but the last task it took is unanswered: that task's code
-            # cut the worker off from its pipe (dup2 over it, closed it), so its answer went
-            # nowhere and the worker then ended, maybe with code 0. The task is charged
-            # with the death; sent to another worker, it would do the same forever.
-            started = worker.running.started
-            if started and any(t.task_id == started for t in worker.assigned):
-                crashed_id = started
-        if exitcode != 0 or crashed_id:
+        last = last_task(worker)  # before _release closes its slot
+        if exitcode != 0 or last.crashed_id:
             kill_group(worker.pid)  # processes its task started must not outlive it
-        self._release(worker)
-        if not worker.ready and self.broken is None and not self._stopping:
-            self._on_startup_death(worker, exitcode)
-        requeue = []
-        blamed = 0
-        # Code 0 is a death of its own too when the worker was not asked to end: only an
-        # inbox closed by the pool, a spent task budget or a memory limit end it cleanly.
-        unasked = not (worker.closing or worker.budget == 0) or worker.fault is not None
-        died_on_its_own = (
-            (exitcode != 0 or unasked) and not worker.halted and self._forced_by is None
+        self._worker_set.release(worker)
+        if not worker.reported_ready and self._state.assigns:
+            self._on_startup_death(worker, exitcode)  # may break the pool
+        settled = settle_held_tasks(
+            worker,
+            exitcode,
+            last,
+            abandoned=self._state.abandons_tasks,
+            forced_by=self._forced_by,
+            not_run_error=self._not_run_error,
         )
-        # A worker that died on its own while running no task may have been killed by one it
-        # held before that task started (reading an argument too large for its memory). Such
-        # a task is sent on a few times, then failed: resending it forever would hang.
-        unexplained = died_on_its_own and not (crashed_id or worker.fault_task)
-        guilty, collateral = self._after_the_fault(worker, crashed_id)
-        for task in worker.assigned:
-            if task.task_id == worker.fault_task or (
-                task.task_id == crashed_id and worker.fault is None
-            ):
-                blamed += 1
-                fail(
-                    task,
-                    crash_error(worker.pid, exitcode, task.fn_name, self._forced_by, worker.fault),
-                )
-            elif task.task_id in collateral:
-                # Started after the task that wrote into the pipe: its answer sits behind the
-                # stray bytes and cannot be read. It started, so it is not run again.
-                blamed += 1
-                fail(
-                    task, collateral_error(worker.pid, exitcode, task.fn_name, worker.fault, guilty)
-                )
-            elif self.broken is not None or self._forced_by is not None:
-                fail(task, self._not_run_error())
-            elif task.future.done():
-                if task.future.cancelled() and not task.started:
-                    notify_cancelled(task)  # cancelled by a caller as the worker died
-                continue  # settled while it waited here (stopped, past its deadline): done
-            elif unexplained and task.unstarted_deaths + 1 >= UNSTARTED_DEATH_LIMIT:
-                blamed += 1
-                fail(
-                    task,
-                    unstarted_crash_error(
-                        worker.pid, exitcode, task.fn_name, UNSTARTED_DEATH_LIMIT, worker.loop_error
-                    ),
-                )
-            else:
-                task.unstarted_deaths += unexplained
-                requeue.append(task)  # taken but not started: another worker runs it
-        self.pending.requeue(requeue)
-        if blamed or (requeue and died_on_its_own):
-            logger.warning(
-                "poolkit worker %d %s%s; %d task(s) failed, %d requeued",
-                worker.pid,
-                describe_exit(exitcode),
-                name_exception(worker.loop_error)
-                if worker.fault is None
-                else f" (its result pipe {worker.fault})",
-                blamed,
-                len(requeue),
-            )
-        if not (worker.replaced or self._stopping or self.broken is not None):
+        self.pending.requeue(settled.requeue)
+        log_death(worker, exitcode, settled)
+        if not worker.has_successor and self._state.assigns:
             self._start_worker_or_break()
-
-    @staticmethod
-    def _after_the_fault(worker: WorkerHandle, crashed_id: int) -> tuple[str, set[int]]:
-        """The name of the task charged with a fault on the worker's pipe, and the ids of
-        the tasks that started after it (a worker runs its tasks in the order sent)."""
-        if worker.fault is None or not worker.fault_task:
-            return "", set()
-        ids = [t.task_id for t in worker.assigned]
-        last_started = crashed_id or worker.running.started
-        if worker.fault_task not in ids or last_started not in ids:
-            return "another task", set()
-        first = ids.index(worker.fault_task)
-        guilty = worker.assigned[first].fn_name
-        return guilty, set(ids[first + 1 : ids.index(last_started) + 1])
 
     def _on_startup_death(self, worker: WorkerHandle, exitcode: Optional[int]) -> None:
         """A worker died before it was ready: retry a little, then declare the pool broken."""
@@ -840,29 +724,12 @@ class Dispatcher:
     # ------------------------------------------------------------------ workers
 
     def _start_worker(self) -> WorkerHandle:
-        mask = (
-            signal_mask(self._inherited_mask)  # a new process inherits this thread's mask
-            if self.in_dispatcher_thread()
-            else contextlib.nullcontext()
+        return self._worker_set.start(
+            self._collect,
+            self._on_worker_exit,
+            in_dispatcher_thread=self.in_dispatcher_thread(),
+            inherited_mask=self._inherited_mask,
         )
-        # The parent-death signal fires when the thread that started the worker ends: only
-        # the main thread and this dispatcher's thread live as long as the worker.
-        long_lived = self.in_dispatcher_thread() or (
-            threading.current_thread() is threading.main_thread()
-        )
-        with mask:
-            worker = WorkerHandle.start(
-                self._backend, self._config_blob, self._max_tasks_per_child, long_lived
-            )
-        worker.running.release_worker_copy()  # the worker has its own copy now
-        self._workers[worker.pid] = worker
-        self._selector.register(
-            worker.channel.outbox_fd, selectors.EVENT_READ, lambda m: self._on_readable(worker, m)
-        )
-        self._selector.register(
-            worker.death_fd, selectors.EVENT_READ, lambda m: self._on_worker_exit(worker, m)
-        )
-        return worker
 
     def _start_worker_or_break(self) -> None:
         try:
@@ -874,58 +741,46 @@ class Dispatcher:
             set_cause(error, exc)
             self._break(error)
 
-    def _release(self, worker: WorkerHandle) -> None:
-        """Forget a dead worker and close everything the parent held for it."""
-        self._workers.pop(worker.pid, None)
-        self._hung_up.pop(worker.pid, None)
-        if worker.reading:
-            self._selector.unregister(worker.channel.outbox_fd)
-            worker.reading = False
-        try:
-            self._selector.unregister(worker.death_fd)
-        except (KeyError, ValueError):
-            pass  # never registered (the worker failed during start()), or closed
-        if worker.writing and worker.channel.writer is not None:
-            self._selector.unregister(worker.channel.writer.fd)
-            worker.writing = False
-        worker.close()
-
-    def _signal_all(self, signum: signal.Signals) -> None:
-        self._stopping = True
-        for worker in self._workers.values():
-            worker.closing = True
-            worker.signal(signum)
-        self._grace.after_signal(signum)
-
     # ------------------------------------------------------------------ stopping
 
-    def _maybe_begin_stop(self) -> None:
-        """Once asked to stop and every task is done, close the inboxes."""
-        if self._stopping or not self._stop_requested:
+    def _close_inboxes_once_drained(self) -> None:
+        """DRAINING -> CLOSING: once every task is done, close the inboxes."""
+        if self._state is not PoolState.DRAINING:
             return
         if self.pending or any(w.assigned for w in self._workers.values()):
             return
-        self._stopping = True
-        for worker in self._workers.values():
-            worker.closing = True
-            worker.channel.close_inbox()  # end-of-file: the worker exits by itself
+        self._state = PoolState.CLOSING
+        self._worker_set.close_inboxes()
         self._grace.after_inboxes_closed()
 
+    def _force(self, signum: signal.Signals) -> None:
+        """-> FORCED (a broken pool stays BROKEN): ``terminate_workers()`` or
+        ``kill_workers()`` signals every worker now."""
+        killing = signum == signal.SIGKILL
+        self._forced_by = "Executor.kill_workers()" if killing else "Executor.terminate_workers()"
+        if self._state is not PoolState.BROKEN:
+            self._state = PoolState.FORCED
+        self._signal_all(signum)
+        self._force_done.set()
+
     def _break(self, error: BaseException) -> None:
-        """The pool cannot go on: fail every task, stop every worker."""
-        if self.broken is not None:
+        """-> BROKEN: the pool cannot go on; fail every task, stop every worker."""
+        if self._state is PoolState.BROKEN:
             return
         self.broken = error
-        self._stop_requested = True
-        for worker in list(self._workers.values()):
-            while worker.assigned:
-                fail(worker.assigned.popleft(), self._not_run_error())
+        self._state = PoolState.BROKEN
+        self._fail_assigned()
         self._fail_pending()
         self._signal_all(signal.SIGTERM)
 
+    def _signal_all(self, signum: signal.Signals) -> None:
+        """Signal every worker to end; the grace clock escalates if they outlive it."""
+        self._worker_set.signal_all(signum)
+        self._grace.after_signal()
+
     def _drop_cancelled(self) -> None:
         """Take the tasks cancelled while queued off the queue, in order."""
-        for task in self.pending.take_out(lambda t: not t.started and t.future.cancelled()):
+        for task in self.pending.take_out(lambda t: not t.claimed and t.future.cancelled()):
             notify_cancelled(task)
 
     def _fail_pending(self) -> None:
@@ -936,12 +791,15 @@ class Dispatcher:
                 return
             fail(task, self._not_run_error())
 
+    def _fail_assigned(self) -> None:
+        for worker in list(self._workers.values()):
+            while worker.assigned:
+                fail(worker.assigned.popleft(), self._not_run_error())
+
     def _fail_leftovers(self) -> None:
         # Every future resolves: anything still queued when the loop ends gets an error.
         self._fail_pending()
-        for worker in self._workers.values():
-            while worker.assigned:
-                fail(worker.assigned.popleft(), self._not_run_error())
+        self._fail_assigned()
 
     def _close_fds(self) -> None:
         for fd in (self._wake_r, self._wake_w, self._selector.fileno()):

@@ -42,6 +42,7 @@ class TaskState:
 
     __slots__ = (
         "board",
+        "claimed",
         "fn_name",
         "future",
         "halt_error",
@@ -51,7 +52,6 @@ class TaskState:
         "parts",
         "priority",
         "seq",
-        "started",
         "task_id",
         "timeout",
         "unstarted_deaths",
@@ -72,7 +72,9 @@ class TaskState:
         self.future = future
         self.parts = parts  # encoded record, kept until resolved in case it must be resent
         self.fn_name = fn_name
-        self.started = False  # set_running_or_notify_cancel() has been called
+        #: Its future is marked running (``claim``): it runs, or is bound to a worker that
+        #: will run it; no ``cancel()`` can stop it any more. Not "started in a worker".
+        self.claimed = False
         #: Seconds the task may run (None: no limit). Set by the executor from its options.
         self.timeout = timeout
         self.items = items  # calls in the task (a map chunk holds several)
@@ -108,7 +110,7 @@ class TaskState:
             if board is not None:
                 self.board = None
                 if not board.revoke(self.seq, self.task_id):
-                    mark_started(self)
+                    claim_posted(self)
                     return False
                 revoked = True
             else:
@@ -151,7 +153,7 @@ def resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:
         return
     task.settle()
     future = task.future
-    if task.started and not _abandoned and type(future) is Future:  # the common case
+    if task.claimed and not _abandoned and type(future) is Future:  # the common case
         try:
             completion.set_result(future, value)
         except BaseException:  # InvalidStateError: already resolved
@@ -189,19 +191,30 @@ def _plain_cancel(future: TaskFuture) -> bool:
     return bool(base(future)) if base is not None else future.cancel()
 
 
-def mark_started(task: TaskState) -> bool:
-    """Mark the task's future running (its worker started it); False if it was cancelled.
+def claim(task: TaskState) -> bool:
+    """Mark the task's future running, once: from now on it runs, whoever asks to cancel it.
+
+    False if a caller cancelled it first: it must not run. Without a lock, so only for a
+    task no worker holds pending (queued in the parent, or being sent to an idle worker by
+    the thread that holds it); a posted task is claimed with :func:`claim_posted`.
+    """
+    if task.claimed:
+        return True
+    if not task.future.set_running_or_notify_cancel():
+        return False
+    task.claimed = True
+    return True
+
+
+def claim_posted(task: TaskState) -> bool:
+    """:func:`claim` a task posted to a worker (its worker started it, or won the race to
+    it); it is no longer pending there. False if it was cancelled.
 
     Under ``CLAIMS_LOCK``: the dispatcher and a cancelling caller may both get here.
     """
     with CLAIMS_LOCK:
         task.board = None
-        if task.started:
-            return True
-        if not task.future.set_running_or_notify_cancel():
-            return False
-        task.started = True
-        return True
+        return claim(task)
 
 
 def fail(task: TaskState, error: BaseException) -> None:
@@ -230,7 +243,7 @@ def _set(task: TaskState, action: Callable[[TaskFuture], None]) -> None:
         return
     future = task.future
     try:
-        if not task.started and not mark_started(task):
+        if not task.claimed and not claim_posted(task):
             return  # cancelled while pending
         if type(future) is Future:
             # Its done-callbacks are user code: they run on a callback thread.

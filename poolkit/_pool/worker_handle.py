@@ -1,43 +1,63 @@
-"""The parent's record of one worker process: how it is started, signalled and released."""
+"""The parent's record of one worker process: how it is started, signalled and released.
+
+A worker goes through :class:`WorkerState` in one direction: STARTING until its initializer
+reports READY; READY while it takes tasks; CLOSING once the pool asked it to end (its inbox
+closed, a signal, its memory limit) or is killing it (a fault on its result pipe), so it is
+given nothing more; HALTED if the pool killed it to stop the task it ran (a time limit,
+``Executor.stop()``), so its death is not charged to that task as a crash; EXITED once its
+process is gone and the parent's ends are closed. Only the handle's own methods change it.
+"""
 
 from __future__ import annotations
 
 import collections
+import enum
 import os
+import selectors
 import signal
 import time
-from typing import Optional
+from typing import Callable, Optional
 
-from poolkit._errors import describe_exit
 from poolkit._pool.tasks import TaskState
-from poolkit._start_methods.registry import Backend, WorkerProcess
+from poolkit._start_methods.base import StartMethod, WorkerProcess
+from poolkit._wire.channel import WorkerChannel
+from poolkit._wire.fds import open_parent_pidfd as _open_pidfd
+from poolkit._wire.fds import unregister_parent_fd
 from poolkit._wire.slots import RunningSlot
-from poolkit._wire.transport import WorkerChannel, register_parent_fd, unregister_parent_fd
-from poolkit._worker.main import worker_main
+from poolkit._worker.args import WorkerArgs
 from poolkit._worker.parent_watch import ParentLink
+
+
+class WorkerState(enum.Enum):
+    """Where a worker stands in its life; see the module docstring."""
+
+    STARTING = "starting"
+    READY = "ready"
+    CLOSING = "closing"
+    HALTED = "halted"
+    EXITED = "exited"
 
 
 class WorkerHandle:
     """The parent's record of one worker process."""
 
     __slots__ = (
+        "_budget",
+        "_fault",
+        "_fault_task",
+        "_has_successor",
+        "_loop_error",
         "_pidfd",
+        "_reading",
+        "_reported_ready",
+        "_state",
+        "_writing",
         "assigned",
-        "budget",
         "channel",
-        "closing",
-        "fault",
-        "fault_task",
-        "halted",
-        "loop_error",
         "pid",
         "process",
         "progress_at",
-        "reading",
-        "ready",
-        "replaced",
         "running",
-        "writing",
     )
 
     def __init__(
@@ -52,21 +72,165 @@ class WorkerHandle:
         self.channel = channel
         self.running = running  # shared slot: id of the task the worker runs, 0 when idle
         self.assigned: collections.deque[TaskState] = collections.deque()
-        self.budget = budget  # tasks it may still be given (max_tasks_per_child), or None
-        self.ready = False  # the initializer ran
-        self.replaced = False  # a successor was already started
-        self.closing = False  # its inbox is closed: it takes no more tasks
+        self._budget = budget  # tasks it may still be given (max_tasks_per_child), or None
+        self._state = WorkerState.STARTING
+        self._reported_ready = False  # its initializer ran (it may be CLOSING since)
+        self._has_successor = False  # a worker to take its place was started already
         self._pidfd = _open_pidfd(self.pid)
-        self.halted = False  # killed by the dispatcher to stop a task (a time limit, stop())
-        self.writing = False  # its inbox is registered for write readiness
-        self.reading = True  # its outbox is registered (until end-of-file)
+        self._writing = False  # its inbox is registered for write readiness
+        self._reading = False  # its outbox is registered (from register() to end-of-file)
         self.progress_at = 0.0  # when it last finished a task, or was given work while idle
-        #: What its loop raised outside any task, just before it exited (LOOP_FAILED).
-        self.loop_error: Optional[BaseException] = None
-        #: Why the pool stopped reading its result pipe and killed it (bytes that were not
-        #: a message it wrote), if it did.
-        self.fault: Optional[str] = None
-        self.fault_task = 0  #: the task charged with that fault
+        self._loop_error: Optional[BaseException] = None
+        self._fault: Optional[str] = None
+        self._fault_task = 0
+
+    # ------------------------------------------------------------------ what it is
+
+    @property
+    def state(self) -> WorkerState:
+        return self._state
+
+    @property
+    def accepting(self) -> bool:
+        """It may be given tasks: READY, with budget left."""
+        return self._state is WorkerState.READY and self._budget != 0
+
+    @property
+    def reported_ready(self) -> bool:
+        """Its initializer ran: a death before that is a startup failure."""
+        return self._reported_ready
+
+    @property
+    def halted(self) -> bool:
+        """Killed by the pool to stop the task it ran (that task is settled already)."""
+        return self._state is WorkerState.HALTED
+
+    @property
+    def exit_expected(self) -> bool:
+        """The pool asked it to end, or is killing it, or its task budget is spent: an
+        end-of-file on its result pipe, or an exit with code 0, is no surprise."""
+        closing = self._state is WorkerState.CLOSING or self._state is WorkerState.HALTED
+        return closing or self._budget == 0
+
+    @property
+    def budget(self) -> Optional[int]:
+        """Tasks it may still be given (``max_tasks_per_child``), or None for no limit."""
+        return self._budget
+
+    @property
+    def has_successor(self) -> bool:
+        """A worker to take its place was started before it ended: its exit starts none."""
+        return self._has_successor
+
+    @property
+    def loop_error(self) -> Optional[BaseException]:
+        """What its loop raised outside any task, just before it exited (LOOP_FAILED)."""
+        return self._loop_error
+
+    @property
+    def fault(self) -> Optional[str]:
+        """Why the pool stopped reading its result pipe and killed it (bytes that were not
+        a message it wrote), if it did."""
+        return self._fault
+
+    @property
+    def fault_task(self) -> int:
+        """The id of the task charged with that fault (0: none)."""
+        return self._fault_task
+
+    @property
+    def reading(self) -> bool:
+        """Its result pipe is watched (from :meth:`register` to end-of-file or a fault)."""
+        return self._reading
+
+    # ------------------------------------------------------------ what happens to it
+
+    def mark_ready(self) -> None:
+        """STARTING -> READY: its initializer ran (a worker told to end stays CLOSING)."""
+        self._reported_ready = True
+        if self._state is WorkerState.STARTING:
+            self._state = WorkerState.READY
+
+    def mark_closing(self) -> None:
+        """-> CLOSING: it is asked to end, or being killed; it is given nothing more."""
+        if self._state is WorkerState.STARTING or self._state is WorkerState.READY:
+            self._state = WorkerState.CLOSING
+
+    def mark_halted(self) -> None:
+        """-> HALTED: the pool killed it to stop the task it ran."""
+        if self._state is not WorkerState.EXITED:
+            self._state = WorkerState.HALTED
+
+    def mark_fault(self, reason: str) -> None:
+        """Its result pipe held bytes it did not write as a message: it is being killed.
+
+        Answers arrive in order, so the bytes came before the answer of the oldest task
+        still unanswered: that task's code (or what it started) wrote them, and is charged.
+        """
+        self._fault = reason
+        self._fault_task = self.assigned[0].task_id if self.assigned else 0
+        self.mark_closing()
+
+    def note_loop_error(self, error: BaseException) -> None:
+        """Its loop failed outside any task (LOOP_FAILED); it exits next."""
+        self._loop_error = error
+
+    def note_successor_started(self) -> None:
+        self._has_successor = True
+
+    def note_progress(self, now: float) -> None:
+        """It finished a task, or was given work while idle, at ``now``."""
+        self.progress_at = now
+
+    def spend_budget(self, tasks: int) -> bool:
+        """Count ``tasks`` just sent against its budget; True if that spent the budget."""
+        if self._budget is None:
+            return False
+        self._budget -= tasks
+        return self._budget == 0
+
+    # ------------------------------------------------- its descriptors in the selector
+
+    def register(
+        self,
+        selector: selectors.BaseSelector,
+        on_readable: Callable[[], None],
+        on_exit: Callable[[], None],
+    ) -> None:
+        """Watch its result pipe and its death descriptor."""
+        selector.register(self.channel.outbox_fd, selectors.EVENT_READ, on_readable)
+        self._reading = True
+        selector.register(self.death_fd, selectors.EVENT_READ, on_exit)
+
+    def stop_reading(self, selector: selectors.BaseSelector) -> None:
+        """Stop watching its result pipe (end-of-file, a fault, or its release)."""
+        if self._reading:
+            selector.unregister(self.channel.outbox_fd)
+            self._reading = False
+
+    def watch_writable(
+        self, selector: selectors.BaseSelector, on_writable: Callable[[], None]
+    ) -> None:
+        """Be told when its inbox takes more bytes (a frame is half written)."""
+        writer = self.channel.writer
+        if not self._writing and writer is not None:
+            selector.register(writer.fd, selectors.EVENT_WRITE, on_writable)
+            self._writing = True
+
+    def stop_watching_writable(self, selector: selectors.BaseSelector) -> None:
+        writer = self.channel.writer
+        if self._writing and writer is not None:
+            selector.unregister(writer.fd)
+        self._writing = False
+
+    def unregister(self, selector: selectors.BaseSelector) -> None:
+        """Take every descriptor of this (dead) worker out of ``selector``."""
+        self.stop_reading(selector)
+        try:
+            selector.unregister(self.death_fd)
+        except (KeyError, ValueError):
+            pass  # never registered (the worker failed during start()), or closed
+        self.stop_watching_writable(selector)
 
     @property
     def death_fd(self) -> int:
@@ -78,14 +242,10 @@ class WorkerHandle:
         """
         return self._pidfd if self._pidfd is not None else self.process.sentinel
 
-    @property
-    def accepting(self) -> bool:
-        return self.ready and not self.closing and self.budget != 0
-
     @classmethod
     def start(
         cls,
-        backend: Backend,
+        start_method: StartMethod,
         config_blob: bytes,
         budget: Optional[int],
         long_lived_thread: bool = False,
@@ -95,22 +255,21 @@ class WorkerHandle:
         ``long_lived_thread``: the calling thread outlives the worker (the main thread, the
         dispatcher thread), so the worker may arm the parent-death signal against it.
         """
-        channel = WorkerChannel(backend.context)
+        channel = WorkerChannel(start_method.pipe)
         running = RunningSlot()
-        link = ParentLink(os.getpid(), backend.death_signal_safe(long_lived_thread))
+        link = ParentLink(os.getpid(), start_method.death_signal_safe(long_lived_thread))
+        assert channel.worker_inbox is not None and channel.worker_outbox is not None
         try:
-            process = backend.start_worker(
-                worker_main,
-                (
-                    channel.worker_inbox,
-                    channel.worker_outbox,
-                    channel.worker_side,
-                    running,
-                    config_blob,
-                    link,
-                    backend.carried,
-                ),
-                name=f"poolkit-worker-{backend.name}",
+            process = start_method.start_worker(
+                WorkerArgs(
+                    inbox=channel.worker_inbox,
+                    outbox=channel.worker_outbox,
+                    side=channel.worker_side,
+                    running=running,
+                    config_blob=config_blob,
+                    parent=link,
+                    carried=start_method.carried,
+                )
             )
         except BaseException:
             channel.close()
@@ -142,7 +301,8 @@ class WorkerHandle:
                 pass
 
     def close(self) -> None:
-        """Close everything the parent holds for this (dead) worker."""
+        """-> EXITED: close everything the parent holds for this (dead) worker."""
+        self._state = WorkerState.EXITED
         if self._pidfd is not None:
             unregister_parent_fd(self._pidfd)
             os.close(self._pidfd)
@@ -178,58 +338,3 @@ def reap(process: WorkerProcess) -> Optional[int]:
 _REAP_RETRIES = 200
 
 
-#: How many workers in turn may die, each for no task's fault, holding the same task before
-#: it started: the last of them fails the task (``_errors.unstarted_crash_error``) instead of
-#: sending it on.
-UNSTARTED_DEATH_LIMIT = 3
-
-
-class StartupFailures:
-    """Counts workers that die before they are ready, to tell bad luck from a broken setup.
-
-    A worker killed from outside (SIGKILL, SIGTERM: an OOM killer, a user, a chaos test) is
-    simply replaced. A worker that ends by itself before it is ready, several times in a
-    row, means a broken setup (an initializer that exits or crashes, a script without the
-    ``__main__`` guard), and retrying forever would hide it.
-    """
-
-    #: Workers in a row that may end by themselves before they are ready.
-    LIMIT = 3
-
-    __slots__ = ("in_a_row",)
-
-    def __init__(self) -> None:
-        self.in_a_row = 0
-
-    def worker_ready(self) -> None:
-        self.in_a_row = 0
-
-    def worker_died(self, pid: int, exitcode: Optional[int], start_method: str) -> Optional[str]:
-        """Record a death before READY; return why the pool must give up, or None to retry."""
-        killed = exitcode is not None and -exitcode in (signal.SIGKILL, signal.SIGTERM)
-        if not killed:
-            self.in_a_row += 1
-        if killed or self.in_a_row < self.LIMIT:
-            return None
-        hint = ""
-        if start_method != "fork":
-            hint = (
-                f" Under {start_method}, a script must create the executor under "
-                "`if __name__ == '__main__':`."
-            )
-        return (
-            f"worker {pid} {describe_exit(exitcode)} while starting up (in the initializer, "
-            f"or before it; its stderr says why), {self.in_a_row} times in a row; the pool "
-            f"cannot start workers.{hint}"
-        )
-
-
-def _open_pidfd(pid: int) -> Optional[int]:
-    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
-        return None
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return None  # already gone (its exit is reported anyway), or no kernel support
-    register_parent_fd(fd)  # a forked worker must not keep it
-    return fd

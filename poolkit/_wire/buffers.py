@@ -40,8 +40,8 @@ import threading
 from typing import Any, Optional
 
 from poolkit._wire import memfiles as memfiles
+from poolkit._wire.fds import register_parent_fd, unregister_parent_fd
 from poolkit._wire.messages import BY_DESCRIPTOR, INLINE, Buffer, buffer_table
-from poolkit._wire.transport import register_parent_fd, unregister_parent_fd
 
 #: Memory files the parent may hold at once for tasks not yet settled. Beyond it, tasks
 #: carry their buffers in the pickle: a burst of large submissions must not run the

@@ -22,6 +22,8 @@ import socket
 import weakref
 from typing import Any, Optional
 
+from poolkit._wire.fds import create_memory_file
+
 _MAX_WRITE = 1 << 30
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Python 3.10+; without it, pages fault in
 _MAP_FAILED = ctypes.c_void_p(-1).value
@@ -55,7 +57,7 @@ AVAILABLE = _libc is not None and hasattr(socket, "CMSG_SPACE")
 
 def create(view: memoryview) -> int:
     """A new memory file holding a copy of ``view``; returns its descriptor."""
-    fd = os.memfd_create("poolkit-buffer", os.MFD_CLOEXEC)
+    fd = create_memory_file("poolkit-buffer")
     try:
         done, size = 0, view.nbytes
         while done < size:

@@ -1,10 +1,7 @@
 """The messages exchanged between the parent and a worker, and their wire format.
 
-Each direction of a worker's channel is a pipe carrying frames in the format of
-``multiprocessing.connection.Connection.send_bytes`` (a signed 4-byte big-endian length, or
-``-1`` followed by an 8-byte length for frames over 2 GiB). The worker uses an ordinary
-``Connection``; the parent reads and writes the same frames with non-blocking I/O
-(see ``_transport``).
+Each direction of a worker's channel is a pipe carrying length-prefixed frames (see
+``frames``); this module says what a frame's body holds.
 
 Parent -> worker: one frame is a *task batch*: a count, then for each task a fixed header
 (:data:`TASK_HEADER`) followed by the pickled function and the pickled arguments. The blobs
@@ -102,23 +99,6 @@ class ChunkOutcome(NamedTuple):
     error_args: str = ""  #: short repr of the failing item's arguments
 
 
-class SpawnRequest(NamedTuple):
-    """Parent -> fork template: fork a worker (its descriptors travel with the message)."""
-
-
-class SpawnReply(NamedTuple):
-    """Fork template -> parent: the worker was forked."""
-
-    pid: int
-
-
-class ChildExit(NamedTuple):
-    """Fork template -> parent: a worker forked by the template ended and was reaped."""
-
-    pid: int
-    exitcode: int
-
-
 #: task id, kind, length of the function blob, length of the arguments blob, number of
 #: out-of-band buffers (their table follows the arguments blob)
 TASK_HEADER = struct.Struct("!QBQQH")
@@ -134,30 +114,6 @@ MESSAGE_MARKER = 0x706B
 BUFFER_ENTRY = struct.Struct("!BQQ")
 BY_DESCRIPTOR = 0  #: its memory file's descriptor comes over the side socket
 INLINE = 1  #: its bytes follow the table, in the frame
-
-_SMALL_FRAME = struct.Struct("!i")
-_LARGE_FRAME = struct.Struct("!iQ")
-_MAX_SMALL_FRAME = 0x7FFFFFFF
-
-
-def frame_header(length: int) -> bytes:
-    """The length prefix ``Connection.recv_bytes`` expects before a frame of ``length`` bytes."""
-    if length > _MAX_SMALL_FRAME:
-        return _LARGE_FRAME.pack(-1, length)
-    return _SMALL_FRAME.pack(length)
-
-
-def parse_frame_header(buf: Buffer) -> tuple[int, int] | None:
-    """Return ``(header_size, body_size)`` from the start of ``buf``, or None if incomplete."""
-    if len(buf) < 4:
-        return None
-    (size,) = _SMALL_FRAME.unpack_from(buf)
-    if size >= 0:
-        return 4, size
-    if len(buf) < 12:
-        return None
-    _, size = _LARGE_FRAME.unpack_from(buf)
-    return 12, size
 
 
 def encode_task(

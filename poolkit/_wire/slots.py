@@ -12,7 +12,7 @@ import time
 from multiprocessing import reduction
 from typing import Any, Optional
 
-from poolkit._wire.transport import register_parent_fd, unregister_parent_fd
+from poolkit._wire.fds import create_memory_file, register_parent_fd, unregister_parent_fd
 
 # Word layout: [running task id, last started task id, skip generation, skip ids...]
 _RUNNING = 0
@@ -84,7 +84,7 @@ class RunningSlot:
     def __init__(self, fd: Optional[int] = None) -> None:
         owner = fd is None
         if fd is None:
-            fd = _anonymous_file(8 * _WORDS)
+            fd = create_memory_file("poolkit-slot", 8 * _WORDS)
         self._map = mmap.mmap(fd, 8 * _WORDS)
         self._view = memoryview(self._map).cast("Q")
         self._seen_generation = 0
@@ -257,15 +257,3 @@ class RunningSlot:
 
 def _rebuild_slot(dup: Any) -> RunningSlot:
     return RunningSlot(dup.detach())
-
-
-def _anonymous_file(size: int) -> int:
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("poolkit-slot", os.MFD_CLOEXEC)
-    else:  # pragma: no cover - non-Linux
-        import tempfile
-
-        with tempfile.TemporaryFile() as tmp:
-            fd = os.dup(tmp.fileno())
-    os.ftruncate(fd, size)
-    return fd

@@ -27,6 +27,8 @@ from poolkit._pickling import serialization as serialization
 from poolkit._pickling.initargs import unpack as unpack_config
 from poolkit._pickling.main_namespace import adopt_main_functions
 from poolkit._wire import buffers as _oob
+from poolkit._wire.fds import close_inherited_parent_fds
+from poolkit._wire.frames import BlockingFrameSource
 from poolkit._wire.messages import (
     ChunkOutcome,
     MessageKind,
@@ -35,8 +37,8 @@ from poolkit._wire.messages import (
     decode_batch,
     encode_message,
 )
-from poolkit._wire.transport import BlockingFrameSource, close_inherited_parent_fds
-from poolkit._worker.parent_watch import EXIT_PARENT_GONE, BusyFlag, ParentLink, start_watch
+from poolkit._worker.args import WorkerArgs
+from poolkit._worker.parent_watch import EXIT_PARENT_GONE, BusyFlag, start_watch
 from poolkit._worker.spin_wait import SpinWait
 
 __all__ = ["EXIT_PARENT_GONE", "WorkerConfig", "worker_main"]
@@ -56,21 +58,14 @@ class WorkerConfig(NamedTuple):
     max_memory: Optional[int] = None  #: resident bytes after which the worker retires
 
 
-def worker_main(
-    inbox: Connection,
-    outbox: Connection,
-    side: Optional[Connection],
-    running: Any,
-    config_blob: bytes,
-    parent: Optional[ParentLink] = None,
-    carried: tuple[Any, ...] = (),
-) -> None:
-    """Entry point of a worker process (the ``multiprocessing.Process`` target).
+def worker_main(args: WorkerArgs) -> None:
+    """Entry point of a worker process, under every start method.
 
-    ``side`` is the socket that carries the memory files of large buffers (``_oob``), or
-    None where descriptors cannot be passed. ``parent`` names the pool's parent process,
-    which the worker must not outlive (``_parent_watch``). ``carried``: the
-    ``multiprocessing`` objects of ``initargs``, which ``config_blob`` refers to (``_initargs``).
+    ``args.side`` is the socket that carries the memory files of large buffers (``_oob``),
+    or None where descriptors cannot be passed. ``args.parent`` names the pool's parent
+    process, which the worker must not outlive (``_parent_watch``). ``args.carried``: the
+    ``multiprocessing`` objects of ``initargs``, which ``args.config_blob`` refers to
+    (``_initargs``).
     """
     me = os.getpid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -81,21 +76,22 @@ def worker_main(
     except OSError:
         pass
     close_inherited_parent_fds()
+    inbox = args.inbox
+    outbox = args.outbox  # a local of this frame: tests/hostile_tasks.py finds it here
     state = BusyFlag()
-    if parent is None:
-        parent = ParentLink(os.getppid(), False)
-    start_watch(parent, inbox.fileno(), state)
+    start_watch(args.parent, inbox.fileno(), state)
     send = outbox.send_bytes
     side_socket = None
-    if side is not None:
-        side_socket = socket.socket(fileno=os.dup(side.fileno()))
-        side.close()
+    if args.side is not None:
+        side_socket = socket.socket(fileno=os.dup(args.side.fileno()))
+        args.side.close()
 
     try:
-        config: WorkerConfig = unpack_config(config_blob, carried)
+        config: WorkerConfig = unpack_config(args.config_blob, args.carried)
         if config.initializer is not None:
             adopt_main_functions(config.initializer)(*config.initargs)
     except BaseException as exc:
+        _log_initializer_failure(exc)
         _end_if_forked(me)
         send(_describe_failure(MessageKind.INIT_FAILED, 0, exc, 0.0))
         sys.exit(1)
@@ -109,7 +105,7 @@ def worker_main(
             send,
             _PipeIdentity(outbox.fileno()),
             side_socket,
-            running,
+            args.running,
             state,
             config.max_tasks,
             config.max_memory,
@@ -412,6 +408,23 @@ def _add_note(exc: BaseException, note: str) -> None:
     add_note = getattr(exc, "add_note", None)  # Python 3.11+
     if add_note is not None:
         add_note(note)
+
+
+def _log_initializer_failure(exc: BaseException) -> None:
+    """Log a failed initializer where the stdlib's workers do, as well as telling the parent.
+
+    ``ProcessPoolExecutor``'s workers log it at CRITICAL on the ``concurrent.futures`` logger
+    (with no handler set, Python prints it on stderr), and programs collect it there: an
+    initializer that sets a QueueHandler on that logger before it fails, as CPython's own
+    test of a failing initializer does. ``logging`` is imported only on this path, so a
+    worker that starts cleanly does not pay for it.
+    """
+    try:
+        import logging
+
+        logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
+    except BaseException:
+        pass  # a broken logging set-up must not hide the failure from the parent
 
 
 def _describe_failure(

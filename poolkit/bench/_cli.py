@@ -8,7 +8,7 @@ import sys
 import textwrap
 from typing import Any, Callable, Optional, TypeVar, Union
 
-from ._pkbench.catalog import PEERS, WORKLOADS
+from poolkit_bench_runner.catalog import PEERS, WORKLOADS
 
 EPILOG = """\
 durations measured on 2 CPUs shared with other work (load average 2 to 7): a default run

@@ -1,16 +1,18 @@
 """Run one measurement in a fresh Python process and collect its JSON result.
 
-The runner (``_pkbench.main``) gets its spec on stdin and writes one JSON line on stdout. It
-runs in a new session, so that when it hangs (a ``--target`` that never returns) or leaves a
-process behind, the whole group, workers and fork server included, can be killed at once.
+The runner (:mod:`poolkit_bench_runner.main`, installed beside poolkit) gets its spec on stdin
+and writes one JSON line on stdout. It runs in a new session, so that when it hangs (a
+``--target`` that never returns) or leaves a process behind, the whole group, workers and fork
+server included, can be killed at once.
 """
 
 from __future__ import annotations
 
-import compileall
+import importlib.util
 import json
 import logging
 import os
+import py_compile
 import signal
 import subprocess
 import sys
@@ -19,13 +21,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._pkbench.procfs import all_processes
+import poolkit_bench_runner
+from poolkit_bench_runner.procfs import all_processes
 
 logger = logging.getLogger(__name__)
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-# Appended, not prepended: the user's own modules must win over anything in this directory.
-_BOOT = "import sys; sys.path.append({!r}); from _pkbench.main import main; sys.exit(main())"
+# ``-c``, not ``-m``: the runner has no main module, so a spawned worker imports none again.
+_BOOT = "import sys; from poolkit_bench_runner.main import main; sys.exit(main())"
 #: After the runner exits, how long its fork server and resource tracker may take to follow.
 _DRAIN_SECONDS = 2.0
 
@@ -54,13 +56,19 @@ _bytecode_checked = False
 
 
 def ensure_bytecode() -> None:
-    """Compile poolkit's modules once, where they have no up-to-date bytecode yet.
+    """Give poolkit's modules and the runner's current bytecode, once, where they lack it.
 
-    Every peer is measured as pip installed it, with its ``.pyc`` files written at install
-    time. poolkit run from a source checkout (an editable install), with
-    ``PYTHONDONTWRITEBYTECODE`` set, would instead compile its modules from source in every
-    measured process and every spawned worker: milliseconds of start-up and megabytes of
-    compiler memory that no installed copy pays. A read-only install is left as it is.
+    Every peer is measured as pip installed it, with the ``.pyc`` files pip writes at install
+    time, and the published numbers are poolkit's as pip installs it too: compiled. A measured
+    process (and every spawned worker) that finds no current bytecode compiles the module from
+    source instead, every time when ``PYTHONDONTWRITEBYTECODE`` is set: milliseconds of
+    start-up and megabytes of compiler memory that no installed copy pays.
+
+    An installed copy already has current bytecode, so nothing is written into it: the check
+    only reads. Only a copy without (a source checkout, an editable install, ``pip install
+    --no-compile``) is compiled, file by file where the bytecode is missing or stale: that write
+    is what makes its numbers those of an installed copy. A tree that cannot be written is left
+    as it is.
     """
     global _bytecode_checked
     if _bytecode_checked:
@@ -68,11 +76,59 @@ def ensure_bytecode() -> None:
     _bytecode_checked = True
     import poolkit
 
-    package_dir = os.path.dirname(os.path.abspath(poolkit.__file__))
+    for init in (poolkit.__file__, poolkit_bench_runner.__file__):
+        if init is not None:
+            compile_stale(os.path.dirname(os.path.abspath(init)))
+
+
+def compile_stale(package_dir: str) -> list[str]:
+    """Compile the modules under ``package_dir`` whose bytecode is missing or stale.
+
+    Returns the files compiled (none when the bytecode is current: then nothing is written).
+    Bytecode is for the runner's interpreter flags (``-c``, no ``-O``).
+    """
+    compiled = []
+    for source in stale_sources(package_dir):
+        try:
+            py_compile.compile(source, cfile=_bytecode_path(source), doraise=True)
+        except (OSError, py_compile.PyCompileError) as exc:  # read-only, or a broken file
+            logger.debug("could not compile %s: %s", source, exc)
+            continue
+        compiled.append(source)
+    return compiled
+
+
+def stale_sources(package_dir: str) -> list[str]:
+    """The ``.py`` files under ``package_dir`` without current bytecode (reads only)."""
+    found = []
+    for folder, subfolders, files in os.walk(package_dir):
+        subfolders[:] = sorted(name for name in subfolders if name != "__pycache__")
+        for name in sorted(files):
+            source = os.path.join(folder, name)
+            if name.endswith(".py") and not _bytecode_current(source):
+                found.append(source)
+    return found
+
+
+def _bytecode_path(source: str) -> str:
+    return importlib.util.cache_from_source(source, optimization="")
+
+
+def _bytecode_current(source: str) -> bool:
+    """Whether the import system would use ``source``'s cached bytecode as it is."""
     try:
-        compileall.compile_dir(package_dir, quiet=2)
-    except OSError as exc:  # pragma: no cover - a read-only tree; pip compiled it
-        logger.debug("could not compile %s: %s", package_dir, exc)
+        with open(_bytecode_path(source), "rb") as cached:
+            header = cached.read(16)
+        stat = os.stat(source)
+    except OSError:
+        return False
+    if len(header) < 16 or header[:4] != importlib.util.MAGIC_NUMBER:
+        return False
+    if int.from_bytes(header[4:8], "little"):
+        return True  # hash-based (pip with SOURCE_DATE_EPOCH): the import checks it itself
+    mtime = int.from_bytes(header[8:12], "little")
+    size = int.from_bytes(header[12:16], "little")
+    return mtime == int(stat.st_mtime) & 0xFFFFFFFF and size == stat.st_size & 0xFFFFFFFF
 
 
 def launch(spec: dict[str, Any], timeout: float) -> Outcome:
@@ -83,7 +139,7 @@ def launch(spec: dict[str, Any], timeout: float) -> Outcome:
     # pipe open, and reading it to end-of-file would wait for that process forever.
     with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
         process = subprocess.Popen(
-            [sys.executable, "-c", _BOOT.format(BENCH_DIR)],
+            [sys.executable, "-c", _BOOT],
             stdin=subprocess.PIPE,
             stdout=out_file,
             stderr=err_file,

@@ -12,11 +12,11 @@ import logging
 import time
 from typing import Any, Optional, TypeVar, Union
 
-from poolkit._start_methods import registry as _backends
+import poolkit
+from poolkit_bench_runner.catalog import PEER_MODULES, PEERS, WORKLOADS, WORKLOADS_BY_NAME
 
 from ._launch import launch
 from ._machine import LoadCheck, describe, package_version, usable_cpus
-from ._pkbench.catalog import PEER_MODULES, PEERS, WORKLOADS, WORKLOADS_BY_NAME
 from ._progress import Eta, Progress, progress_printer
 from ._result import BenchResult, Cell, impl_title
 from ._stats import summarize
@@ -59,7 +59,7 @@ def resolve_methods(methods: Union[str, list[str], tuple[str, ...], None]) -> li
     Raises:
         ValueError: a method is unknown or unavailable (the message lists the available ones).
     """
-    available = _backends.start_methods()
+    available = poolkit.start_methods()
     chosen = parse_list(methods) or available
     for method in chosen:
         if method not in available:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
+from poolkit_bench_runner.catalog import MAP_DEFAULTS
+
 from ._machine import summary_line
 from ._noise import Ranking, rank
-from ._pkbench.catalog import MAP_DEFAULTS
 from ._result import BenchResult, Cell, impl_title
 from ._stats import format_stat
 from ._verdict import samples

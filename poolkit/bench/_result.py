@@ -6,8 +6,15 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
+from poolkit_bench_runner.catalog import (
+    PEER_TITLES,
+    WORKLOADS_BY_NAME,
+    Metric,
+    Workload,
+    metric_label,
+)
+
 from ._machine import LoadCheck
-from ._pkbench.catalog import PEER_TITLES, WORKLOADS_BY_NAME, Metric, Workload, metric_label
 from ._stats import Stat
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._launch import launch
-from ._machine import LoadCheck, describe, summary_line, usable_cpus
+from ._machine import LoadCheck, describe, usable_cpus
 from ._orchestrate import (
     TARGET_REPEAT,
     check_positive,
@@ -368,8 +368,3 @@ def _parse_chunksizes(value: Union[str, list[int], None]) -> list[int]:
             raise ValueError(f"chunksizes must be positive integers, got {size}")
         sizes.append(size)
     return sorted(set(sizes))
-
-
-def machine_line(result: TargetResult) -> str:
-    """The machine in one line."""
-    return summary_line(result.machine)

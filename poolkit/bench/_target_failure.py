@@ -49,6 +49,6 @@ def _where_it_hung(stderr: str) -> str:
     for line in lines[start + 1 :]:
         if not line.strip().startswith("File"):
             break
-        if "_pkbench" not in line and '"<string>"' not in line:
+        if "poolkit_bench_runner" not in line and '"<string>"' not in line:
             stack.append("  " + line.strip())
     return "where it was when stopped (innermost first):\n" + "\n".join(stack)

@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
+from poolkit_bench_runner.catalog import WORKLOADS_BY_NAME
+
 from ._noise import MIN_REPEATS, RULE, Ranking, compare, rank
-from ._pkbench.catalog import WORKLOADS_BY_NAME
 from ._result import impl_title, metric_of
 from ._stats import format_value
 

@@ -1,6 +1,8 @@
 """The runner: one measurement in a fresh process; a JSON spec on stdin, a JSON result on stdout.
 
-Started by the parent as ``python -c "...; from _pkbench.main import main; main()"``. Anything
+Started by the parent (``poolkit.bench._launch``) as ``python -c "from
+poolkit_bench_runner.main import main; ..."``: with ``-c`` there is no main module for a spawned
+worker to import again, as in the user's own ``python -c``. Anything
 the measured code prints goes to stderr: the original stdout is kept for the one JSON line.
 """
 
@@ -14,9 +16,9 @@ import sys
 import traceback
 from typing import Any
 
-from . import mapping, mixed, target, workloads
-from .adapters import ADAPTERS, Unsupported, make_pool
-from .floors import FLOORS
+from poolkit_bench_runner import mapping, mixed, target, workloads
+from poolkit_bench_runner.adapters import ADAPTERS, Unsupported, make_pool
+from poolkit_bench_runner.floors import FLOORS
 
 
 def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +91,7 @@ def _cause_traceback(exc: target.TargetError) -> str:
     frames = [
         frame
         for frame in traceback.extract_tb(cause.__traceback__)
-        if "_pkbench" not in frame.filename and "importlib" not in frame.filename
+        if "poolkit_bench_runner" not in frame.filename and "importlib" not in frame.filename
     ]
     lines = ["Traceback (most recent call last):\n"]
     lines += traceback.format_list(frames)

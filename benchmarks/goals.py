@@ -1,5 +1,10 @@
 """poolkit's performance targets, checked against the numbers of one benchmark run.
 
+The project's release bar, used by ``benchmarks/run.py`` (which writes them into
+``docs/benchmarks.md``) and its tests; not shipped in the wheel. ``python -m poolkit bench``
+prints no targets: its verdict ranks start methods (and peers) by the noise rule alone, which
+holds on any machine, where these bounds were set on this project's own.
+
 Each target is a ratio between two medians of the same run, under the same start method:
 poolkit's number divided by a reference's (a peer, the best peer, or the floor). For a metric
 where lower is better (ms, us, MiB) the target is met when the ratio is at most the bound;
@@ -12,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
-from ._pkbench.catalog import WORKLOADS_BY_NAME
-from ._result import BenchResult, impl_title, metric_of
+from poolkit.bench._result import BenchResult, impl_title, metric_of
+from poolkit_bench_runner.catalog import WORKLOADS_BY_NAME
 
 #: ``Goal.against``: the best of the peers measured in the run (the peer with the best median).
 BEST_PEER = "best peer"

@@ -19,8 +19,8 @@ import time
 from concurrent import futures
 from typing import Any, Callable, Optional
 
-from . import procfs, tasks
-from .adapters import PoolAdapter, Unsupported
+from poolkit_bench_runner import procfs, tasks
+from poolkit_bench_runner.adapters import PoolAdapter, Unsupported
 
 Values = dict[str, Optional[float]]
 Factory = Callable[[], PoolAdapter]

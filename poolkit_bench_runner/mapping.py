@@ -18,9 +18,9 @@ import statistics
 import time
 from typing import Any, Callable, Union
 
-from . import tasks
-from .adapters import PoolAdapter, Unsupported
-from .workloads import Measured, Values, calibrate_burn
+from poolkit_bench_runner import tasks
+from poolkit_bench_runner.adapters import PoolAdapter, Unsupported
+from poolkit_bench_runner.workloads import Measured, Values, calibrate_burn
 
 KINDS = ("tiny", "medium", "uneven")
 Chunksize = Union[int, str]

@@ -1,7 +1,8 @@
-"""What Linux's ``/proc`` says about processes: parent, group, state, memory.
+"""What Linux's ``/proc`` says about processes: parent, group, state, CPU time, memory.
 
-Standard library only: imported by the runner (memory workloads, floors) and by the parent
-(``_launch``, to find what a measurement left behind). Every function returns nothing rather
+Standard library only: imported by the runner (memory workloads, floors), by the parent
+(``_launch``, to find what a measurement left behind) and by ``benchmarks/roundtrip`` (CPU
+counters). Every function returns nothing rather
 than raising for a process that is gone or a ``/proc`` that is not there.
 """
 
@@ -19,6 +20,8 @@ class ProcStat(NamedTuple):
     state: str
     ppid: int
     pgid: int
+    user_ticks: int = 0  #: CPU time in user mode, every thread, in clock ticks
+    system_ticks: int = 0  #: CPU time in the kernel, every thread, in clock ticks
 
 
 def read_stat(pid: int) -> Optional[ProcStat]:
@@ -31,9 +34,36 @@ def read_stat(pid: int) -> Optional[ProcStat]:
     # The name is in parentheses and may itself hold spaces or parentheses.
     name = text[text.find("(") + 1 : text.rfind(")")]
     fields = text[text.rfind(")") + 2 :].split()
-    if len(fields) < 3:
+    if len(fields) < 13:
         return None
-    return ProcStat(pid, name, fields[0], int(fields[1]), int(fields[2]))
+    # Fields 3, 4, 5, 14 and 15 of proc(5), counted from the state after the name.
+    return ProcStat(
+        pid, name, fields[0], int(fields[1]), int(fields[2]), int(fields[11]), int(fields[12])
+    )
+
+
+class ThreadCounters(NamedTuple):
+    """What the scheduler counted for one thread (``schedstat`` and ``status``)."""
+
+    on_cpu_ns: int  #: time spent running
+    run_wait_ns: int  #: time spent runnable, waiting for a CPU
+    voluntary_switches: int  #: times it blocked and had to be woken
+
+
+def thread_counters(pid: int, tid: int) -> Optional[ThreadCounters]:
+    """The scheduler's counters of thread ``tid`` of process ``pid``, or None if it is gone."""
+    base = f"/proc/{pid}/task/{tid}"
+    try:
+        with open(f"{base}/schedstat") as schedstat:
+            on_cpu, run_wait = (int(x) for x in schedstat.read().split()[:2])
+        with open(f"{base}/status") as status:
+            voluntary = next(
+                (int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt")),
+                0,
+            )
+    except (OSError, ValueError):
+        return None
+    return ThreadCounters(on_cpu, run_wait, voluntary)
 
 
 def all_processes() -> list[ProcStat]:

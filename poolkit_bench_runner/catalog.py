@@ -231,7 +231,8 @@ WORKLOADS: tuple[Workload, ...] = (
         {},
         {},
     ),
-    # Mixed durations (_pkbench.mixed): a task must not wait behind another while a worker idles.
+    # Mixed durations (poolkit_bench_runner.mixed): a task must not wait behind another while a
+    # worker idles.
     Workload(
         "mixed",
         "mixed durations, at once",

@@ -22,9 +22,9 @@ import statistics
 import time
 from typing import Any, Callable
 
-from . import tasks
-from .adapters import PoolAdapter
-from .workloads import Values, percentile
+from poolkit_bench_runner import tasks
+from poolkit_bench_runner.adapters import PoolAdapter
+from poolkit_bench_runner.workloads import Values, percentile
 
 #: Short tasks submitted (and waited for) before each measurement.
 WARMUP_TASKS = 100

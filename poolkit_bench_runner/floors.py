@@ -13,10 +13,10 @@ import statistics
 import threading
 import time
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
-from . import tasks
-from .workloads import Values, memory_values, percentile
+from poolkit_bench_runner import tasks
+from poolkit_bench_runner.workloads import Values, memory_values, percentile
 
 _ECHO_STOP = b"stop"
 
@@ -124,13 +124,24 @@ def floor_latency(method: str, workers: int, params: dict[str, Any]) -> Values:
         }
 
     values = _with_echo(method, connection_round_trips)
-    raw = _raw_pipe_round_trips(warmup, count)
+    raw = raw_pipe_round_trips(warmup, count)
     values["raw_median_us"] = statistics.median(raw) / 1e3
     values["raw_p99_us"] = percentile(raw, 99) / 1e3
     return values
 
 
-def _raw_pipe_round_trips(warmup: int, count: int) -> list[int]:
+def raw_pipe_round_trips(
+    warmup: int,
+    count: int,
+    parent_cpu: Optional[int] = None,
+    child_cpu: Optional[int] = None,
+) -> list[int]:
+    """Round trips of 8 bytes over two ``os.pipe``s to a forked echoing child, in ns.
+
+    ``parent_cpu`` / ``child_cpu``: the CPU each end runs on while it measures (None: where the
+    kernel likes). Forks: call it from a process without threads (the runner; the round-trip
+    profile's floor process).
+    """
     from_parent, to_child = os.pipe()
     from_child, to_parent = os.pipe()
     pid = os.fork()
@@ -138,6 +149,8 @@ def _raw_pipe_round_trips(warmup: int, count: int) -> list[int]:
         os.close(to_child)
         os.close(from_child)
         try:
+            if child_cpu is not None:
+                os.sched_setaffinity(0, {child_cpu})
             while True:
                 data = os.read(from_parent, 8)
                 if not data:
@@ -149,7 +162,10 @@ def _raw_pipe_round_trips(warmup: int, count: int) -> list[int]:
     os.close(to_parent)
     samples = []
     clock = time.perf_counter_ns
+    saved = os.sched_getaffinity(0) if parent_cpu is not None else None
     try:
+        if parent_cpu is not None:
+            os.sched_setaffinity(0, {parent_cpu})
         for i in range(warmup + count):
             start = clock()
             os.write(to_child, b"12345678")
@@ -157,6 +173,8 @@ def _raw_pipe_round_trips(warmup: int, count: int) -> list[int]:
             if i >= warmup:
                 samples.append(clock() - start)
     finally:
+        if saved is not None:
+            os.sched_setaffinity(0, saved)
         os.close(to_child)
         os.close(from_child)
         os.waitpid(pid, 0)

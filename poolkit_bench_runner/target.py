@@ -9,8 +9,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import tasks
-from .adapters import make_pool
+from poolkit_bench_runner import tasks
+from poolkit_bench_runner.adapters import make_pool
 
 
 class TargetError(Exception):
