@@ -1,6 +1,8 @@
 """Measure poolkit and its peers as a user's own script does, one suspected difference at a time.
 
     python benchmarks/user_harness.py [--vary hogs=0,2] [--set warmup=none] [--reps 3]
+    python benchmarks/user_harness.py --reps 5 --vary method=fork,forkserver --vary hogs=0,2
+        (the table docs/benchmarks.md asks to publish: "What a user measures")
 
 Nothing here uses ``poolkit.bench`` or its runner. Each measurement is a fresh
 ``python -c`` process that imports the pools as a user does (``import poolkit``,
@@ -8,7 +10,9 @@ Nothing here uses ``poolkit.bench`` or its runner. Each measurement is a fresh
 of ``--workers`` workers, times one workload and prints one JSON line. poolkit is copied from
 the checkout into a scratch directory and compiled there, as ``pip install`` leaves it; the
 peers are the pip-installed ones. Task functions live in a small module the harness writes,
-as a user's own module would be.
+as a user's own module would be (or in the measuring script itself: ``task=main``).
+``--candidate DIR`` measures the poolkit of another checkout (a patched copy) beside this one,
+as the implementation ``candidate``.
 
 Implementations and conditions are interleaved (A, B, C, then C, B, A, ...), so that every
 cell sees the same noise; each figure is the median of the repetitions with the
