@@ -1,6 +1,8 @@
 """Measure poolkit and its peers as a user's own script does, one suspected difference at a time.
 
     python benchmarks/user_harness.py [--vary hogs=0,2] [--set warmup=none] [--reps 3]
+    python benchmarks/user_harness.py --reps 5 --vary method=fork,forkserver --vary hogs=0,2
+        (the table docs/benchmarks.md asks to publish: "What a user measures")
 
 Nothing here uses ``poolkit.bench`` or its runner. Each measurement is a fresh
 ``python -c`` process that imports the pools as a user does (``import poolkit``,
@@ -8,7 +10,9 @@ Nothing here uses ``poolkit.bench`` or its runner. Each measurement is a fresh
 of ``--workers`` workers, times one workload and prints one JSON line. poolkit is copied from
 the checkout into a scratch directory and compiled there, as ``pip install`` leaves it; the
 peers are the pip-installed ones. Task functions live in a small module the harness writes,
-as a user's own module would be.
+as a user's own module would be (or in the measuring script itself: ``task=main``).
+``--candidate DIR`` measures the poolkit of another checkout (a patched copy) beside this one,
+as the implementation ``candidate``.
 
 Implementations and conditions are interleaved (A, B, C, then C, B, A, ...), so that every
 cell sees the same noise; each figure is the median of the repetitions with the
@@ -29,7 +33,8 @@ comparison; several ``--vary`` make every combination):
 - ``stop``: ``result`` (the last result) or ``shutdown`` (after the pool's shutdown, as in a
   timed ``with`` block).
 - ``hogs``: that many processes spinning in pure Python beside the pool, started by this
-  script before the measurement and killed by pid after it.
+  script before the measurement and killed by pid after it; ``nice``: their niceness (19:
+  they only take CPU time nobody else wants, but keep idle CPUs awake).
 - ``bytecode``: ``compiled`` (pip-style ``.pyc`` files) or ``none`` (poolkit from source
   with ``PYTHONDONTWRITEBYTECODE=1``, as an editable install here: every process compiles it).
 - ``parent``: ``plain``, ``harness`` (the measuring process has imported what a harness's
@@ -40,6 +45,9 @@ comparison; several ``--vary`` make every combination):
 - ``spin``: ``on`` or ``off`` (poolkit's workers do not poll their inbox before blocking;
   set through a ``sitecustomize`` in every process; no effect on the peers).
 - ``method``: ``fork``, ``spawn``, ``forkserver`` or ``default`` (each pool's own default).
+- ``task``: ``module`` (the task functions come from a module of their own) or ``main``
+  (the measuring script defines them itself, in ``__main__``: poolkit ships them by value
+  with cloudpickle; the stdlib pools pickle them by name, which only a forked worker finds).
 """
 
 from __future__ import annotations
@@ -75,10 +83,12 @@ DEFAULTS = {
     "start": "ready",
     "stop": "result",
     "hogs": "0",
+    "nice": "0",
     "bytecode": "compiled",
     "parent": "plain",
     "spin": "on",
     "method": "fork",
+    "task": "module",
 }
 CHOICES = {
     "warmup": ("full", "workers", "none"),
@@ -88,12 +98,16 @@ CHOICES = {
     "parent": ("plain", "harness", "big", "threads"),
     "spin": ("on", "off"),
     "method": ("fork", "spawn", "forkserver", "default"),
+    "task": ("module", "main"),
 }
 SIZES = {"latency": 2000, "burst": 20000, "map1": 10000, "cold": 1}
 QUICK_SIZES = {"latency": 200, "burst": 2000, "map1": 1000, "cold": 1}
 #: (key in the child's values, label, unit)
 HEADLINES = {
-    "latency": [("median_us", "latency submit(noop).result(), median", "us")],
+    "latency": [
+        ("median_us", "latency submit(noop).result(), median", "us"),
+        ("mean_us", "latency, the timed span / round trips (as a timeit loop reports it)", "us"),
+    ],
     "burst": [("rate", "submit burst, {n:,} no-ops waited together", "tasks/s")],
     "map1": [("rate", "map {n:,} tiny tasks, chunksize 1", "tasks/s")],
     "cold": [
@@ -154,7 +168,19 @@ elif c["parent"] == "threads":
     for _ in range(4):
         threading.Thread(target=lambda: [None for _ in iter(lambda: halt.wait(0.001), True)],
                          daemon=True).start()
-import uh_tasks
+if c["task"] == "main":
+    # The functions a script defines for itself: they live in __main__.
+    import types
+    def noop():
+        return None
+    def ident(x):
+        return x
+    def sleep_pid(seconds):
+        time.sleep(seconds)
+        return os.getpid()
+    uh_tasks = types.SimpleNamespace(noop=noop, ident=ident, sleep_pid=sleep_pid)
+else:
+    import uh_tasks
 stamps = {"import": clock()}
 if impl == "poolkit":
     import poolkit
@@ -259,7 +285,10 @@ where = getattr(sys.modules.get(module), "__file__", "")
 print(json.dumps({"values": values, "parts_ms": parts, "file": where}))
 """
 
-HOG = "import sys\nsys.stdout.write('spinning\\n')\nsys.stdout.flush()\nwhile True:\n    pass\n"
+HOG = (
+    "import os, sys\nos.nice({nice})\nsys.stdout.write('spinning\\n')\nsys.stdout.flush()\n"
+    "while True:\n    pass\n"
+)
 
 
 def parse_settings(items: list[str]) -> dict[str, str]:
@@ -269,8 +298,8 @@ def parse_settings(items: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or key not in DEFAULTS:
             raise SystemExit(f"unknown setting {item!r}; keys: {', '.join(DEFAULTS)}")
-        if key == "hogs" and not value.isdigit():
-            raise SystemExit(f"hogs must be a count, got {value!r}")
+        if key in ("hogs", "nice") and not value.isdigit():
+            raise SystemExit(f"{key} must be a whole number, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
             raise SystemExit(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
         settings[key] = value
@@ -317,11 +346,12 @@ def prepare(scratch: Path, checkout: Path, candidate: Optional[Path] = None) -> 
     return {"tasks": tasks, **sites}
 
 
-def start_hogs(count: int) -> list[subprocess.Popen[bytes]]:
+def start_hogs(count: int, nice: int = 0) -> list[subprocess.Popen[bytes]]:
     """Processes spinning in pure Python; returns once each of them runs its loop."""
     hogs = []
     for _ in range(count):
-        hog = subprocess.Popen([sys.executable, "-c", HOG], stdout=subprocess.PIPE)
+        code = HOG.format(nice=nice)
+        hog = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
         assert hog.stdout is not None
         hog.stdout.readline()
         hogs.append(hog)
@@ -350,7 +380,7 @@ def measure(
         env["PYTHONDONTWRITEBYTECODE"] = "1"
     spec = {"impl": impl, "workload": workload, "cond": cond, "n": n, "workers": workers}
     load = os.getloadavg()[0]
-    hogs = start_hogs(int(cond["hogs"]))
+    hogs = start_hogs(int(cond["hogs"]), int(cond["nice"]))
     try:
         done = subprocess.run(
             [sys.executable, "-c", CHILD, json.dumps(spec)],

@@ -79,6 +79,23 @@ def test_rates_from_a_busy_parent(
     assert _numbers(harness.measure("poolkit", workload, cond, 20, 2, paths))
 
 
+@pytest.mark.parametrize("impl", ["poolkit", "stdlib"])
+def test_task_functions_from_the_scripts_own_main(
+    harness: ModuleType, paths: dict[str, Path], impl: str
+) -> None:
+    cond = _condition(harness, task="main")  # fork: the stdlib's workers find __main__'s
+    assert _numbers(harness.measure(impl, "burst", cond, 20, 2, paths))
+
+
+def test_a_candidate_checkout_is_measured_from_its_own_copy(
+    harness: ModuleType, tmp_path: Path
+) -> None:
+    paths = harness.prepare(tmp_path, ROOT, ROOT)
+    result = harness.measure("candidate", "cold", _condition(harness), 1, 2, paths)
+    _numbers(result)
+    assert result["file"].startswith(str(paths["candidate-compiled"])), result["file"]
+
+
 def test_conditions_combine_every_varied_value(harness: ModuleType) -> None:
     conds = harness.conditions({"method": "spawn"}, ["hogs=0,2", "warmup=none,full"])
     assert [(c["hogs"], c["warmup"]) for c in conds] == [
