@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import signal
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -20,6 +19,8 @@ from poolkit._wire.buffers import AVAILABLE as oob_available
 from poolkit._worker.main import WorkerConfig
 
 if TYPE_CHECKING:
+    import inspect
+
     from poolkit._dask.executor import DaskExecutor
     from poolkit._map.host import MapHost
 
@@ -51,6 +52,10 @@ class _ConstructorSignature:
         if instance is not None:
             # An executor is not callable: it has no signature of its own.
             raise AttributeError("__signature__")
+        # Imported here: inspect (with ast, dis and tokenize) costs milliseconds of the
+        # executor's import, and only help(), IDEs and signature checks ever ask for it.
+        import inspect
+
         signature = inspect.signature(owner.__init__)  # type: ignore[misc]
         parameters = list(signature.parameters.values())[1:]  # without self
         return signature.replace(parameters=parameters, return_annotation=owner.__name__)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from poolkit._wire.frames import BlockingFrameSource, frame_header
-from poolkit._worker.spin_wait import SpinWait
+from poolkit._worker.spin_wait import SpinWait, machine_busy
 
 AN_HOUR = 3600.0
 
@@ -22,7 +22,8 @@ class _ObservedSpin(SpinWait):
     """Says when a wait begins, so that the test writes while the reader spins."""
 
     def __init__(self, fd: int, seconds: float) -> None:
-        super().__init__(fd, seconds)
+        # Spin whatever the machine's load, so that these tests always take the spin's path.
+        super().__init__(fd, seconds, busy=lambda: False)
         self.waiting = threading.Event()
         self.waits = 0
 
@@ -103,3 +104,29 @@ def test_a_zero_budget_goes_straight_to_the_blocking_read(pipe: tuple[int, int])
     body = b"x" * 100
     os.write(write_end, frame_header(len(body)) + body)
     assert bytes(BlockingFrameSource(read_end, spin).next_frame()) == body
+
+
+@pytest.mark.timeout(30)
+def test_a_busy_machine_goes_straight_to_the_blocking_read(pipe: tuple[int, int]) -> None:
+    read_end, write_end = pipe
+    looks: list[None] = []
+
+    def busy() -> bool:
+        looks.append(None)
+        return True
+
+    spin = SpinWait(read_end, AN_HOUR, busy=busy)
+    spin.before_read()  # returns at once: an hour's spin would time the test out
+    spin.before_read()
+    assert spin._poll is None  # never polled
+    assert len(looks) == 1  # one look at the load holds for BUSY_CHECK_NS
+    body = b"x" * 100
+    os.write(write_end, frame_header(len(body)) + body)
+    assert bytes(BlockingFrameSource(read_end, spin).next_frame()) == body
+
+
+def test_machine_busy_reads_the_runnable_count() -> None:
+    # Whatever the load now, the answer is a bool, and no machine runs more than a million
+    # threads at once.
+    assert machine_busy(1) in (True, False)
+    assert machine_busy(10**6) is False

@@ -69,6 +69,35 @@ def _classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
     return process, kinds, (*process, *kinds)
 
 
+#: Where the candidate classes of ``_classes`` are defined, with their names there.
+_CANDIDATES = {
+    "multiprocessing.synchronize": ("SemLock", "Condition", "Event", "Barrier"),
+    "multiprocessing.queues": ("Queue", "SimpleQueue"),
+    "multiprocessing.sharedctypes": ("SynchronizedBase",),
+    "multiprocessing.connection": ("Connection",),
+    "multiprocessing.managers": ("BaseProxy",),
+    "socket": ("socket",),
+    "ctypes": ("_SimpleCData", "Array", "Structure"),
+}
+
+
+def _loaded_candidates() -> tuple[type, ...]:
+    """The candidate classes whose modules are imported already, importing none.
+
+    An object of a class exists only once the class's module has been imported (a subclass
+    imports its base's module too), so a configuration can hold no instance of a class
+    whose module is not in ``sys.modules``. Importing them all to find out, as ``_classes``
+    does, costs every pool's construction milliseconds for nothing: ``multiprocessing.managers``
+    alone brings in ``multiprocessing.pool``, ``shared_memory``, ``secrets`` and ``hashlib``.
+    """
+    found: list[type] = []
+    for module_name, names in _CANDIDATES.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found.extend(getattr(module, name) for name in names)
+    return tuple(found)
+
+
 def _is_process_object(obj: Any) -> bool:
     process, kinds, _ = _classes()
     if isinstance(obj, process):
@@ -100,13 +129,14 @@ class _Collector:
         self.objects: list[Any] = []
         self._index: dict[int, int] = {}
         self._decided: dict[type, bool] = {}
+        self._candidates = _loaded_candidates()
 
     def persistent_id(self, obj: Any) -> Optional[int]:
         cls = type(obj)
         decided = self._decided.get(cls)
         if decided is None:
             # Classes like ``c_int`` hold both shared and private values: ask each object.
-            decided = self._decided[cls] = issubclass(cls, _classes()[2])
+            decided = self._decided[cls] = issubclass(cls, self._candidates)
         if not decided or not _is_process_object(obj):
             return None
         index = self._index.get(id(obj))
