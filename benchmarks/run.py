@@ -60,6 +60,11 @@ How the numbers are taken (`poolkit.bench`):
   `PYTHONDONTWRITEBYTECODE` set each measured process and each spawned worker would compile it
   from source again.
 
+A user's own script measures differently (where its clock starts, what its process has
+imported, how busy the machine is): [What a user measures](#what-a-user-measures), at the end
+of this page, says how each difference moves the figures, and gives the figures such a script
+gets, on an idle machine and beside two CPU hogs.
+
 Floors: *cold start* and *respawn* use bare `multiprocessing.Process` objects of the same start
 method; *latency* uses a `multiprocessing` Connection echoing a pickled tuple (and, in its own
 rows, 8 bytes over two raw `os.pipe`s); *submit burst* and *map chunksize 1* stream pickled tuples
@@ -141,8 +146,26 @@ def write_doc(
         parts.append(f"![poolkit and peers by start method]({os.path.basename(chart)})\n")
     parts.append("## Results\n")
     parts.append(result.to_markdown(verdict=False))  # the verdict is above
+    kept = _hand_written(path)
     with open(path, "w") as out:
         out.write("\n".join(parts))
+        if kept:
+            out.write("\n" + kept)
+
+
+#: The page's sections from this line on are written by hand; a new run keeps them as they are.
+HAND_WRITTEN = "<!-- written by hand below this line: benchmarks/run.py keeps it -->"
+
+
+def _hand_written(path: str) -> str:
+    """The hand-written end of the page at ``path`` (from HAND_WRITTEN on), or ''."""
+    try:
+        with open(path, encoding="utf-8") as page:
+            text = page.read()
+    except OSError:
+        return ""
+    at = text.find(HAND_WRITTEN)
+    return text[at:] if at >= 0 else ""
 
 
 #: A saved ``python -m poolkit bench --json`` run, next to the page: its verdict is shown too.

@@ -610,3 +610,12 @@ def test_render_rewrites_the_page_of_a_saved_run_without_measuring(
     doc = out.read_text()
     assert doc.index("## Verdict") < doc.index(title) < doc.index("## Results")
     assert "start-up and respawn  only fork measured" in doc
+
+
+def test_the_side_by_side_page_keeps_its_hand_written_end(tmp_path: Path) -> None:
+    from benchmarks import run
+
+    page = tmp_path / "benchmarks.md"
+    assert run._hand_written(str(page)) == ""  # no page yet
+    page.write_text(f"# generated\n\nold tables\n\n{run.HAND_WRITTEN}\n\n## By hand\n\ntext\n")
+    assert run._hand_written(str(page)) == f"{run.HAND_WRITTEN}\n\n## By hand\n\ntext\n"
