@@ -13,17 +13,13 @@ hang-up of the inbox (or that it was re-parented) and exits the process.
 
 from __future__ import annotations
 
-import itertools
 import os
-import pickle
 import signal
 import socket
 import sys
-import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, NamedTuple, Optional
 
-from poolkit._error_notes import add_note, arguments_repr, short_repr
 from poolkit._pickling import serialization as serialization
 from poolkit._pickling.initargs import unpack as unpack_config
 from poolkit._pickling.main_namespace import adopt_main_functions
@@ -31,23 +27,17 @@ from poolkit._wire import buffers as _oob
 from poolkit._wire.fds import close_inherited_parent_fds
 from poolkit._wire.frames import BlockingFrameSource
 from poolkit._wire.messages import (
-    ChunkOutcome,
     MessageKind,
-    TaskKind,
     TaskRecord,
     decode_batch,
     encode_message,
 )
 from poolkit._worker.args import WorkerArgs
 from poolkit._worker.parent_watch import EXIT_PARENT_GONE, BusyFlag, start_watch
+from poolkit._worker.run import describe_failure, run_task
 from poolkit._worker.spin_wait import SpinWait
 
 __all__ = ["EXIT_PARENT_GONE", "WorkerConfig", "worker_main"]
-
-#: Unpickled functions kept for map chunks: at most this many, and this many bytes of
-#: pickles, so large closures that are dropped do not stay alive in every worker.
-_FN_CACHE_SIZE = 64
-_FN_CACHE_BYTES = 8 << 20
 
 
 class WorkerConfig(NamedTuple):
@@ -94,7 +84,7 @@ def worker_main(args: WorkerArgs) -> None:
     except BaseException as exc:
         _log_initializer_failure(exc)
         _end_if_forked(me)
-        send(_describe_failure(MessageKind.INIT_FAILED, 0, exc, 0.0))
+        send(describe_failure(MessageKind.INIT_FAILED, 0, exc, 0.0))
         sys.exit(1)
     _end_if_forked(me)
 
@@ -118,7 +108,7 @@ def worker_main(args: WorkerArgs) -> None:
         # Outside any task: the parent can charge it to no task, but it can say why this
         # worker died. The exception is raised again, so the worker exits with code 1.
         try:
-            send(_describe_failure(MessageKind.LOOP_FAILED, 0, exc, 0.0))
+            send(describe_failure(MessageKind.LOOP_FAILED, 0, exc, 0.0))
         except BaseException:
             pass  # the parent is gone or the message cannot be built: the exit code remains
         raise
@@ -194,7 +184,7 @@ def _serve(
                 send(encode_message(MessageKind.SKIPPED, record.task_id, b""))
                 continue
             try:
-                reply = _run(record, files, functions, side)
+                reply = run_task(record, files, functions, side)
             finally:
                 _end_if_forked(me)
                 if files is not None:
@@ -248,145 +238,6 @@ def _claim_from(
     return len(records)
 
 
-def _run(
-    record: TaskRecord,
-    files: Optional[_oob.Received],
-    functions: dict[bytes, Callable[..., Any]],
-    side: Optional[socket.socket],
-) -> bytes:
-    started = time.perf_counter()
-    try:
-        fn = _load_function(record.fn_blob, functions)
-        buffers = None if files is None else files.take_buffers()
-        arguments = serialization.loads(record.args_blob, buffers)
-        del buffers  # the arguments own the mappings now
-    except BaseException as exc:
-        from poolkit._errors import DeserializationError  # rare: not imported by every worker
-
-        error = DeserializationError(
-            f"the task could not be unpickled in worker {os.getpid()}: {type(exc).__name__}: {exc}"
-        )
-        error.__cause__ = exc
-        return _describe_failure(MessageKind.ERROR, record.task_id, error, 0.0)
-    try:
-        value = _call(fn, record.kind, arguments, started)
-    except BaseException as exc:
-        return _describe_failure(
-            MessageKind.ERROR, record.task_id, exc, time.perf_counter() - started
-        )
-    del arguments  # only the result may still refer to the task's memory files
-    duration = time.perf_counter() - started
-    # A plain value (None, a number, a string) has no buffer to look for.
-    may_have_buffers = side is not None and not serialization.plain_items((value,))
-    out_of_band: Optional[list[pickle.PickleBuffer]] = [] if may_have_buffers else None
-    try:
-        payload = serialization.dumps(value, out_of_band)
-    except BaseException as exc:
-        salvaged = _salvage_chunk(value) if isinstance(value, ChunkOutcome) else None
-        if salvaged is not None:
-            return encode_message(MessageKind.RESULT, record.task_id, salvaged, duration=duration)
-        # The pickler's own exception, as the stdlib pool reports it, plus where it happened.
-        add_note(exc, f"(raised while pickling the result of the task, {short_repr(value)})")
-        return _describe_failure(MessageKind.ERROR, record.task_id, exc, duration)
-    if not out_of_band:
-        return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
-    assert side is not None
-    count = len(out_of_band)
-    try:
-        outgoing = _oob.Outgoing(out_of_band, files)
-    except OSError:  # no memory file could be made: the pickle carries the buffers
-        payload = serialization.dumps(value)
-        return encode_message(MessageKind.RESULT, record.task_id, payload, duration=duration)
-    # Dropped before the buffers are sent: a buffer that lies in a file this task received
-    # goes back in that file only if nothing in the worker refers to it any more.
-    del value
-    try:
-        table = tuple(outgoing.send(side))
-    finally:
-        outgoing.close()
-    return encode_message(
-        MessageKind.RESULT, record.task_id, payload, duration=duration, buffers=count, table=table
-    )
-
-
-def _call(fn: Callable[..., Any], kind: TaskKind, arguments: Any, started: float) -> Any:
-    """Run the task's code: one call, or a chunk of calls."""
-    if kind is TaskKind.CALL:
-        args, kwargs = arguments
-        return fn(*args, **kwargs)
-    return _run_chunk(fn, arguments, started, kind is TaskKind.CHUNK)
-
-
-def _run_chunk(
-    fn: Callable[..., Any], chunk: list[Any], started: float, star: bool = True
-) -> ChunkOutcome:
-    """Call ``fn(*args)`` (``fn(arg)`` if not ``star``) for each item; stop at the first item
-    that raises (see map)."""
-    results: list[Any] = []
-    try:
-        # The loop runs in C. When an item raises, list.extend keeps the results appended
-        # before it, so their count is the failing item's index.
-        results.extend(itertools.starmap(fn, chunk) if star else map(fn, chunk))
-    except BaseException as exc:
-        index = len(results)
-        failing = chunk[index]
-        return ChunkOutcome(
-            results,
-            time.perf_counter() - started,
-            index,
-            _pickle_exception(exc),
-            serialization.format_exception(exc),
-            arguments_repr(failing) if star else short_repr(failing),
-        )
-    return ChunkOutcome(results, time.perf_counter() - started)
-
-
-def _salvage_chunk(outcome: ChunkOutcome) -> Optional[bytes]:
-    """A chunk whose results cannot all be pickled: fail it at the first such result.
-
-    Returns the pickled outcome (results before that item, then the pickler's error as that
-    item's exception), or None if even that cannot be pickled.
-    """
-    for index, result in enumerate(outcome.results):
-        try:
-            serialization.dumps(result)
-        except BaseException as exc:
-            add_note(exc, f"(raised while pickling the result, {short_repr(result)})")
-            salvaged = ChunkOutcome(
-                outcome.results[:index],
-                outcome.seconds,
-                index,
-                _pickle_exception(exc),
-                serialization.format_exception(exc),
-            )
-            try:
-                return serialization.dumps(salvaged)
-            except BaseException:
-                return None
-    return None
-
-
-def _load_function(blob: Any, functions: dict[bytes, Callable[..., Any]]) -> Callable[..., Any]:
-    # map() ships the same pickled function with every chunk: unpickle it once.
-    key = bytes(blob)
-    fn = functions.get(key)
-    if fn is None:
-        loaded: Callable[..., Any] = adopt_main_functions(serialization.loads(key))
-        fn = loaded
-        if len(key) > _FN_CACHE_BYTES // 4:
-            return loaded  # a large closure: kept only while its task runs
-        if len(functions) >= _FN_CACHE_SIZE or _cached_bytes(functions) + len(key) > (
-            _FN_CACHE_BYTES
-        ):
-            functions.clear()
-        functions[key] = fn
-    return fn
-
-
-def _cached_bytes(functions: dict[bytes, Callable[..., Any]]) -> int:
-    return sum(map(len, functions))
-
-
 def _end_if_forked(me: int) -> None:
     """In a process a task forked that returned into this loop: end it, silently.
 
@@ -412,29 +263,6 @@ def _log_initializer_failure(exc: BaseException) -> None:
         logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
     except BaseException:
         pass  # a broken logging set-up must not hide the failure from the parent
-
-
-def _describe_failure(
-    kind: MessageKind, task_id: int, exc: BaseException, duration: float
-) -> bytes:
-    """Encode an exception with its traceback; never raises."""
-    tb = serialization.format_exception(exc)
-    payload = _pickle_exception(exc)
-    return encode_message(kind, task_id, payload, duration=duration, traceback=tb)
-
-
-def _pickle_exception(exc: BaseException) -> bytes:
-    """``exc`` pickled, or a ``PicklingError`` that describes it if it cannot travel."""
-    try:
-        payload = serialization.dumps(exc)
-        serialization.loads(payload)  # an exception that cannot be rebuilt is no use to send
-    except BaseException as pickle_exc:
-        substitute = pickle.PicklingError(
-            f"the task raised {type(exc).__qualname__}: {short_repr(exc)}, "
-            f"which could not be sent to the parent: {type(pickle_exc).__name__}: {pickle_exc}"
-        )
-        payload = serialization.dumps(substitute)
-    return payload
 
 
 def _resident_bytes() -> int:
