@@ -1,31 +1,27 @@
-"""Exception classes, and every message poolkit builds for an exception it raises.
+"""Exception classes, and the helpers every message poolkit builds uses.
 
 Every poolkit exception subclasses a standard-library exception that code written for
 ``concurrent.futures.ProcessPoolExecutor`` already catches, so switching executors never
 turns a handled failure into an unhandled one.
 
-The builders below the classes make the exceptions a task's future fails with (or the
-executor raises), with their words in one place: how a worker ended, why a task did not
-run, what could not be pickled, where in a map an item failed, what the dask cluster did.
+The messages themselves are built next door, in :mod:`poolkit._error_messages`: how a worker
+ended, why a task did not run, what could not be pickled, where in a map an item failed.
 Short reprs and exception notes come from :mod:`poolkit._error_notes`, which the worker
 process uses too without importing this module.
 """
 
 from __future__ import annotations
 
-import pickle
 import signal
-import sys
 from concurrent import futures
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from poolkit._error_notes import add_note
 from poolkit._pickling import serialization as serialization
 
 if TYPE_CHECKING:
-    from poolkit._wire.messages import WorkerMessage
+    pass
 
 # Before 3.11 concurrent.futures.TimeoutError is its own class; since, it is the builtin.
 _FUTURES_TIMEOUT: tuple[type, ...] = (
@@ -171,263 +167,3 @@ def describe_exit(exitcode: Optional[int]) -> str:
     if exitcode < 0:
         return f"was killed by {_signal_name(-exitcode)}"
     return f"exited with code {exitcode}"
-
-
-def crash_error(
-    pid: int,
-    exitcode: Optional[int],
-    fn_name: str,
-    forced_by: Optional[str],
-    fault: Optional[str] = None,
-) -> WorkerCrashedError:
-    """The error of the task worker ``pid`` was running when it ended with ``exitcode``.
-
-    ``forced_by`` names the call that signalled the workers, if one did; ``fault`` what
-    the pool found on the worker's result pipe, if it killed the worker for that.
-    """
-    how = describe_exit(exitcode)
-    if forced_by is not None:
-        how = f"{how} by {forced_by}"
-    elif fault is not None:
-        how = f"was killed by the pool (its result pipe {fault}); it {how}"
-    return WorkerCrashedError(
-        f"worker process {pid} {how} while running {fn_name}()",
-        pid=pid,
-        exitcode=exitcode,
-        fn_name=fn_name,
-    )
-
-
-def collateral_error(
-    pid: int, exitcode: Optional[int], fn_name: str, fault: Optional[str], guilty_fn: str
-) -> WorkerCrashedError:
-    """The error of a task that had started on worker ``pid`` after another task of that
-    worker (``guilty_fn``) wrote into its result pipe: the pool killed the worker, and this
-    task's answer, behind the stray bytes, could not be read."""
-    return WorkerCrashedError(
-        f"worker process {pid} was killed by the pool while running {fn_name}(): its result "
-        f"pipe {fault}, after an earlier task of that worker ({guilty_fn}()) ran, so the "
-        f"answer of {fn_name}() could not be read; it had started, so it is not run again",
-        pid=pid,
-        exitcode=exitcode,
-        fn_name=fn_name,
-    )
-
-
-def name_exception(exc: Optional[BaseException]) -> str:
-    """`` (MemoryError)`` or `` (OSError: message)`` to follow a death's description."""
-    if exc is None:
-        return ""
-    detail = safe_str(exc)
-    return f" ({type(exc).__name__}{': ' + detail if detail else ''})"
-
-
-def unstarted_crash_error(
-    pid: int,
-    exitcode: Optional[int],
-    fn_name: str,
-    deaths: int,
-    cause: Optional[BaseException] = None,
-) -> WorkerCrashedError:
-    """The error of a task that ``deaths`` workers in turn died holding, before it started.
-
-    Something in the task itself most likely kills them, such as an argument too large for
-    the memory a worker may use, so it is failed instead of being sent to yet another worker.
-    ``cause`` is what the last worker's loop raised, if it could say (its ``__cause__``).
-    """
-    how = describe_exit(exitcode) + name_exception(cause)
-    error = WorkerCrashedError(
-        f"worker process {pid} {how} before it started {fn_name}(); "
-        f"{deaths} workers in turn died holding this task, so it is not sent to another",
-        pid=pid,
-        exitcode=exitcode,
-        fn_name=fn_name,
-    )
-    if cause is not None:
-        set_cause(error, cause)
-    return error
-
-
-def not_run_error(broken: Optional[BaseException], forced_by: Optional[str]) -> BrokenProcessPool:
-    """The error of a task that never ran: the pool broke, was force-stopped, or stopped."""
-    if broken is not None:
-        error = BrokenProcessPool(f"the task did not run: {broken}")
-        error.__cause__ = broken.__cause__
-        return error
-    if forced_by is not None:
-        return BrokenProcessPool(f"the task did not run: the workers were stopped by {forced_by}")
-    return BrokenProcessPool("the task did not run: the executor stopped first")
-
-
-def rebuild_exception(message: WorkerMessage, what: str) -> BaseException:
-    """The exception a worker sent in an ERROR message, with the worker's traceback as its
-    ``__cause__`` (see :func:`remote_exception`, which never raises either)."""
-    return remote_exception(message.payload, message.buffers, message.traceback, what)
-
-
-def remote_exception(
-    payload: Any, buffers: Optional[list[Any]], traceback: str, what: str
-) -> BaseException:
-    """The exception a worker sent (pickled in ``payload``, with its out-of-band
-    ``buffers``), with the worker's ``traceback`` as its ``__cause__``.
-
-    Never raises: an exception that cannot be unpickled (``what`` names it in the message)
-    becomes a :class:`DeserializationError`; one that refuses its ``__cause__`` (a frozen
-    dataclass) is kept without it.
-    """
-    remote = RemoteTraceback(traceback)
-    exc: BaseException
-    try:
-        exc = serialization.loads(payload, buffers)
-        if not isinstance(exc, BaseException):
-            raise TypeError(f"expected an exception, got {type(exc).__name__}")
-    except BaseException as unpickling_error:
-        exc = DeserializationError(
-            f"{what} could not be unpickled: {type(unpickling_error).__name__}: "
-            f"{safe_str(unpickling_error)}"
-        )
-    set_cause(exc, remote)
-    return exc
-
-
-def map_shut_down_error(refusal: BaseException) -> RuntimeError:
-    """What a map raises once its results in flight are read, when the executor refused its
-    next chunk (``refusal``) because it was shut down."""
-    return RuntimeError(
-        f"{refusal}: the executor was shut down while this map still had input "
-        "(map reads its input as results are consumed; consume them before "
-        "shutdown, e.g. inside the `with` block, or pass buffersize=None to "
-        "submit everything at the call)"
-    )
-
-
-# ------------------------------------------------------------------ refusing new tasks
-
-
-def still_broken(broken: BaseException) -> BrokenProcessPool:
-    """What ``submit`` and ``map`` raise once the pool is broken (``broken`` says why)."""
-    error = BrokenProcessPool(str(broken))
-    error.__cause__ = broken.__cause__
-    return error
-
-
-def after_shutdown(*, interpreter: bool = False) -> RuntimeError:
-    """What ``submit`` and ``map`` raise after ``shutdown`` (or at interpreter exit): the
-    standard library's words."""
-    if interpreter:
-        return RuntimeError("cannot schedule new futures after interpreter shutdown")
-    return RuntimeError("cannot schedule new futures after shutdown")
-
-
-# ------------------------------------------------------------------------------- map
-
-
-def unpicklable_function(fn_name: str, exc: BaseException) -> pickle.PicklingError:
-    """The error of every item of a map whose function cannot be pickled."""
-    error = pickle.PicklingError(f"cannot pickle the function {fn_name}: {exc}")
-    error.__cause__ = exc
-    return error
-
-
-def unpicklable_map_item(fn_name: str, index: int, exc: BaseException) -> pickle.PicklingError:
-    """The error of map item ``index``, whose arguments cannot be pickled."""
-    error = pickle.PicklingError(
-        f"cannot pickle the arguments of {fn_name}() for map item {index}: {exc}"
-    )
-    error.__cause__ = exc
-    return error
-
-
-def unpicklable_map_chunk(fn_name: str) -> pickle.PicklingError:
-    """The error of a chunk whose items pickle one by one but not together."""
-    return pickle.PicklingError(f"cannot pickle the arguments of {fn_name}()")
-
-
-def chunk_place(start: int, count: int) -> str:
-    """Where a chunk that failed as a whole lies in the map's input, for its note."""
-    if count == 1:
-        return f"map item {start}"
-    return f"map items {start} to {start + count - 1} (a chunk that failed as a whole)"
-
-
-def map_item_error(payload: bytes, traceback: str, index: int, call: str) -> BaseException:
-    """The exception map item ``index`` raised in its worker (``call`` shows the call), as
-    ``remote_exception`` rebuilds it, marked with its place (see ``mark_map_error``)."""
-    where = f"map item {index}: {call}"
-    if sys.version_info < (3, 11):
-        # No notes before 3.11: say it in the worker's traceback, which is printed.
-        traceback = f"{traceback.rstrip()}\n\n(poolkit: raised by {where})\n"
-    error = remote_exception(payload, None, traceback, f"the exception raised by {call}")
-    mark_map_error(error, index, where)
-    return error
-
-
-def mark_map_error(error: BaseException, index: int, where: str) -> None:
-    """Record which map item failed: a ``map_index`` attribute, and a note on 3.11+."""
-    try:
-        error.map_index = index  # type: ignore[attr-defined]
-    except Exception:
-        pass  # an exception class that refuses attributes: the note and traceback remain
-    add_note(error, f"(poolkit: raised by {where})")
-
-
-# ------------------------------------------------------------------------------ dask
-
-
-def dask_thread_failed(exc: BaseException) -> BrokenProcessPool:
-    """The error of every task in flight when poolkit's dask thread failed (a bug)."""
-    return BrokenProcessPool(f"the poolkit dask thread failed: {exc!r}")
-
-
-def dask_fetch_failed(fn_name: str, exc: BaseException) -> BrokenProcessPool:
-    """The error of a task that finished on the cluster but whose result could not be fetched."""
-    error = BrokenProcessPool(
-        f"the result of {fn_name}() could not be fetched from the dask cluster: "
-        f"{type(exc).__name__}: {exc}"
-    )
-    error.__cause__ = exc
-    return error
-
-
-def dask_run_failed(fn_name: str, exc: BaseException) -> BaseException:
-    """The error of a task dask itself failed (poolkit's runner never raises)."""
-    if type(exc).__name__ == "KilledWorker":
-        return dask_worker_crashed(fn_name, exc)
-    message = f"dask could not run {fn_name}(): {type(exc).__name__}: {exc}"
-    if isinstance(exc, ImportError) and "poolkit" in str(exc):
-        message += " (poolkit must be installed on every dask worker)"
-    error = BrokenProcessPool(message)
-    error.__cause__ = exc
-    return error
-
-
-def dask_worker_crashed(fn_name: str, killed: BaseException) -> WorkerCrashedError:
-    """``KilledWorker`` as poolkit's error: which dask worker died, running what."""
-    worker = getattr(killed, "last_worker", None)
-    address = getattr(worker, "address", None) or "?"
-    pid = getattr(worker, "pid", None)
-    allowed = getattr(killed, "allowed_failures", 0) or 0
-    who = f"dask worker {address}" + (f" (pid {pid})" if pid else "")
-    message = f"{who} died while running {fn_name}()"
-    if allowed:
-        message += (
-            f", after dask had re-run it on {allowed} other worker(s) that died too "
-            f"(distributed.scheduler.allowed-failures={allowed})"
-        )
-    error = WorkerCrashedError(message, pid=pid if isinstance(pid, int) else None, fn_name=fn_name)
-    error.__cause__ = killed
-    return error
-
-
-def dask_scheduler_lost(address: str, reason: str) -> BrokenProcessPool:
-    """The error of every task in flight when the client lost its scheduler; the executor
-    is broken."""
-    return BrokenProcessPool(
-        f"lost the connection to the dask scheduler at {address} "
-        f"({reason}); the task's outcome is unknown"
-    )
-
-
-def dask_cancelled(reason: str) -> BrokenProcessPool:
-    """The error of a task dask cancelled behind poolkit's back for another ``reason``."""
-    return BrokenProcessPool(f"dask cancelled the task ({reason}); it did not complete")

@@ -17,7 +17,7 @@ from concurrent import futures
 from concurrent.futures import Future
 from typing import Any, Callable, Optional, TypeVar
 
-from poolkit import _errors as errors
+from poolkit import _error_messages as messages
 from poolkit._futures import new_future
 from poolkit._lifecycle import interpreter_exiting
 from poolkit._map import driver as _map
@@ -126,11 +126,11 @@ class TaskFrontend(futures.Executor):
     def _check_open(self) -> None:
         broken = self._broken()
         if broken is not None:
-            raise errors.still_broken(broken)
+            raise messages.still_broken(broken)
         if self._shutdown:
-            raise errors.after_shutdown()
+            raise messages.after_shutdown()
         if interpreter_exiting():
-            raise errors.after_shutdown(interpreter=True)
+            raise messages.after_shutdown(interpreter=True)
 
     def _enqueue(self, task: TaskState) -> None:
         """Queue a task whose options are set; raises as ``_check_open`` does."""

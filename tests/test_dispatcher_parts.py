@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 import pytest
 
-from poolkit._errors import BrokenProcessPool, crash_error, not_run_error
+from poolkit._error_messages import crash_error, not_run_error
+from poolkit._errors import BrokenProcessPool
 from poolkit._pool.assignment import (
     LONG_TASK_DEPTH,
     MAX_IN_FLIGHT,

@@ -19,8 +19,26 @@ PACKAGE = Path(__file__).resolve().parent.parent / "poolkit"
 #: (the dispatcher thread) does not know which executor drives it. Start methods start
 #: workers and know nothing of the pool that asks.
 FORBIDDEN = {
-    "_worker": {"_pool", "_executor", "_executor_base", "_map", "_dask", "_lifecycle", "_run"},
-    "_wire": {"_pool", "_executor", "_executor_base", "_map", "_dask", "_lifecycle", "_run"},
+    "_worker": {
+        "_pool",
+        "_executor",
+        "_executor_base",
+        "_map",
+        "_dask",
+        "_lifecycle",
+        "_run",
+        "_error_messages",
+    },
+    "_wire": {
+        "_pool",
+        "_executor",
+        "_executor_base",
+        "_map",
+        "_dask",
+        "_lifecycle",
+        "_run",
+        "_error_messages",
+    },
     "_pickling": {"_pool", "_executor", "_executor_base", "_map", "_dask", "_lifecycle"},
     "_start_methods": {"_pool", "_executor", "_executor_base", "_map", "_dask", "_lifecycle"},
     "_pool": {"_executor", "_executor_base", "_map", "_dask", "_lifecycle", "_run"},
@@ -79,6 +97,7 @@ def test_every_layer_of_the_map_is_known() -> None:
         "_executor_base",
         "_options",
         "_errors",
+        "_error_messages",
         "_futures",
         "_lifecycle",
         "_thread_signals",

@@ -17,7 +17,7 @@ import threading
 import uuid
 from typing import Any, Optional
 
-from poolkit import _errors as errors
+from poolkit import _error_messages as messages
 from poolkit import _lifecycle as lifecycle
 from poolkit._dask.runner import run_task
 from poolkit._dask.security import PrivateCluster
@@ -163,7 +163,7 @@ class Session:
                             break
         except BaseException as exc:  # a bug in poolkit: never leave a future unresolved
             logger.exception("the poolkit dask thread failed")
-            self._break(errors.dask_thread_failed(exc))
+            self._break(messages.dask_thread_failed(exc))
         finally:
             self._close()
 
@@ -206,7 +206,7 @@ class Session:
             if dask_future.status == "cancelled":
                 self._finish(entry, self._cancelled_error(dask_future))
                 return
-            self._finish(entry, errors.dask_fetch_failed(task.fn_name, exc))
+            self._finish(entry, messages.dask_fetch_failed(task.fn_name, exc))
         else:
             self._finish(entry, value)
 
@@ -229,7 +229,7 @@ class Session:
             exc = dask_future.exception()
         except BaseException as fetch_error:
             exc = fetch_error
-        return errors.dask_run_failed(task.fn_name, exc)
+        return messages.dask_run_failed(task.fn_name, exc)
 
     def _cancelled_error(self, dask_future: Any) -> BaseException:
         """The error for a task dask cancelled behind poolkit's back (lost scheduler...)."""
@@ -241,10 +241,10 @@ class Session:
             reason = "unknown"
         status = getattr(self.client, "status", "")
         if reason == "scheduler-connection-lost" or status in ("connecting", "closing", "closed"):
-            error = self.broken or errors.dask_scheduler_lost(self.address, reason)
+            error = self.broken or messages.dask_scheduler_lost(self.address, reason)
             self.broken = error
             return error
-        return errors.dask_cancelled(reason)
+        return messages.dask_cancelled(reason)
 
     def _break(self, error: BaseException) -> None:
         self.broken = error

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from poolkit import _error_messages as messages
 from poolkit import _errors as errors
 from poolkit._map.chunk_future import ChunkFuture
 from poolkit._map.chunking import ChunkSizer
@@ -118,7 +119,7 @@ class MapRun:
             self._stop_input(exc)
             return False
         except RuntimeError as exc:  # shut down meanwhile: _enqueue_chunk's other refusal
-            self._stop_input(errors.map_shut_down_error(exc))
+            self._stop_input(messages.map_shut_down_error(exc))
             return False
         if not entries:  # the executor is gone
             self.items = None
@@ -190,7 +191,9 @@ class MapRun:
         """The results of a finished chunk and the exception to raise after them, if any."""
         value, error = entry.outcome()
         if error is not None:
-            errors.mark_map_error(error, entry.start, errors.chunk_place(entry.start, entry.count))
+            messages.mark_map_error(
+                error, entry.start, messages.chunk_place(entry.start, entry.count)
+            )
             return [], error
         outcome: ChunkOutcome = value
         # The caller pops the results from this very list as it yields them, so the future's
@@ -203,7 +206,7 @@ class MapRun:
         assert outcome.error_index is not None
         call = f"{self.submit.fn_name}({outcome.error_args})"
         index = entry.start + outcome.error_index
-        return errors.map_item_error(outcome.error, outcome.traceback, index, call)
+        return messages.map_item_error(outcome.error, outcome.traceback, index, call)
 
     def cancel(self) -> None:
         """Cancel every chunk that has not started; stop reading the input."""

@@ -11,7 +11,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from poolkit import _errors as errors
+from poolkit import _error_messages as messages
 from poolkit._map.chunk_future import ChunkFuture
 from poolkit._map.chunking import ChunkSizer
 from poolkit._pickling import serialization as serialization
@@ -65,7 +65,7 @@ class ChunkSubmitter:
         try:
             self._fn_blob = executor._function_blob(fn)
         except (Exception, SystemExit) as exc:
-            self._fn_error = errors.unpicklable_function(self.fn_name, exc)
+            self._fn_error = messages.unpicklable_function(self.fn_name, exc)
 
     def __call__(self, start: int, chunk: list[Any], sizer: ChunkSizer) -> list[Chunk]:
         """Submit one chunk. Empty if the executor no longer exists.
@@ -121,14 +121,14 @@ class ChunkSubmitter:
             try:
                 serialization.dumps(args)
             except (Exception, SystemExit) as exc:
-                error = errors.unpicklable_map_item(self.fn_name, start + index, exc)
+                error = messages.unpicklable_map_item(self.fn_name, start + index, exc)
                 entries = []
                 if index:
                     entries.extend(self(start, chunk[:index], sizer))
                 entries.append(self._failed(start + index, len(chunk) - index, error))
                 return entries
         # Each item pickles alone but not together (shared state?): fail the chunk.
-        error = errors.unpicklable_map_chunk(self.fn_name)
+        error = messages.unpicklable_map_chunk(self.fn_name)
         return [self._failed(start, len(chunk), error)]
 
 

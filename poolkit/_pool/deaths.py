@@ -28,13 +28,13 @@ import signal
 from collections.abc import Sequence
 from typing import Callable, NamedTuple, Optional
 
-from poolkit._errors import (
+from poolkit._error_messages import (
     collateral_error,
     crash_error,
-    describe_exit,
     name_exception,
     unstarted_crash_error,
 )
+from poolkit._errors import describe_exit
 from poolkit._pool.claims import notify_cancelled
 from poolkit._pool.tasks import TaskState, fail
 from poolkit._pool.worker_handle import WorkerHandle

@@ -69,11 +69,12 @@ import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
+from poolkit._error_messages import stopped_error, timeout_error
 from poolkit._errors import BrokenProcessPool, TaskStopped, safe_str, set_cause
 from poolkit._pool.claims import take_back_below
 from poolkit._pool.sending import Sending
 from poolkit._pool.state import PoolState
-from poolkit._pool.stopping import Halt, halt_task, stopped_error, timeout_error
+from poolkit._pool.stopping import Halt, halt_task
 from poolkit._pool.tasks import CLAIMS_LOCK, TaskState, claim, fail
 from poolkit._pool.worker_events import WorkerEvents
 from poolkit._pool.worker_handle import WorkerHandle

@@ -22,7 +22,8 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
-from poolkit._errors import BrokenProcessPool, not_run_error, safe_str, set_cause
+from poolkit._error_messages import not_run_error
+from poolkit._errors import BrokenProcessPool, safe_str, set_cause
 from poolkit._pool.claims import notify_cancelled
 from poolkit._pool.deaths import StartupFailures
 from poolkit._pool.pending import PendingQueue

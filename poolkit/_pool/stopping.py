@@ -38,7 +38,6 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Callable, NamedTuple, Optional
 
-from poolkit._errors import TaskStopped, TaskTimeoutError
 from poolkit._pool.tasks import TaskState
 from poolkit._pool.worker_handle import WorkerHandle
 
@@ -146,20 +145,6 @@ def halt_task(worker: WorkerHandle, task: TaskState, still_assigned: Callable[[]
     if any(t.task_id == look.running for t in earlier):
         return Halt.SKIPPED_NOW
     return Halt.SKIPPED_LATER
-
-
-def stopped_error(task: TaskState, pid: int, killed: bool) -> BaseException:
-    """The error of a task stopped by ``Executor.stop()``."""
-    how = f"its worker (pid {pid}) was killed" if killed else "it never ran"
-    return TaskStopped(f"{task.fn_name}() was stopped by Executor.stop(); {how}")
-
-
-def timeout_error(task: TaskState, pid: int, killed: bool) -> BaseException:
-    """The error of a task that ran past its time limit."""
-    how = f"its worker (pid {pid}) was killed" if killed else "it never started"
-    return TaskTimeoutError(
-        f"{task.fn_name}() exceeded its time limit of {task.timeout:g} s; {how}"
-    )
 
 
 class TaskDeadlines:

@@ -7,8 +7,8 @@ import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
+from poolkit._error_messages import rebuild_exception as rebuild_exception  # the dispatcher's too
 from poolkit._errors import DeserializationError, safe_str, set_cause
-from poolkit._errors import rebuild_exception as rebuild_exception  # the dispatcher's too
 from poolkit._pickling import serialization as serialization
 from poolkit._pool import completion as completion
 from poolkit._wire.buffers import HeldBuffers
