@@ -230,7 +230,7 @@ def test_a_lost_fork_template_falls_back_for_replacements(
     how: signal.Signals, tmp_path: Path
 ) -> None:
     with Executor(max_workers=2, start_method="fork") as ex:
-        template = ex._dispatcher._backend._template  # type: ignore[attr-defined]
+        template = ex._dispatcher._start_method._template  # type: ignore[attr-defined]
         if template is None:
             pytest.skip("no fork template on this platform")
         os.kill(template.process.pid, how)
@@ -297,7 +297,7 @@ if __name__ == "__main__":
             f.read()
         extra = []
     helpers = []
-    backend = ex._dispatcher._backend
+    backend = ex._dispatcher._start_method
     template = getattr(backend, "_template", None)
     if template is not None:
         helpers.append(template.process.pid)

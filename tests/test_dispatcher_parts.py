@@ -45,6 +45,9 @@ class _Worker:
     def signal(self, signum: signal.Signals) -> None:
         self.signals.append(signum)
 
+    def note_progress(self, now: float) -> None:
+        self.progress_at = now
+
 
 def test_in_flight_limit_follows_the_measured_task_duration() -> None:
     # Not measured yet, or long: the running task and the next (which can be taken back).

@@ -51,7 +51,7 @@ def assignments(
     """Pop batches off ``pending`` for the ``candidates`` with room, least loaded first.
 
     Each batch must be sent (added to its worker's ``assigned``) before the next is asked
-    for; a worker that was idle has its ``progress_at`` set to ``now``.
+    for; a worker that was idle is noted as progressing at ``now``.
     """
     ordered = sorted(candidates, key=lambda w: len(w.assigned))
     for index, worker in enumerate(ordered):
@@ -70,7 +70,7 @@ def assignments(
             # one taken back from it would leave it waiting for a task it is never sent.
             continue
         if not held:
-            worker.progress_at = now
+            worker.note_progress(now)
         share = -(-len(pending) // (len(ordered) - index))  # spread small queues out
         room = min(limit - held, share)
         if held:

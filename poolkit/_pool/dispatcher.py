@@ -100,10 +100,10 @@ class Dispatcher(Sending, WorkerEvents):
         try:
             for _ in range(self._max_workers):
                 self._start_worker()
-            self._backend.prepare_respawns(self._config_blob)
+            self._start_method.prepare_respawns(self._config_blob)
         except BaseException:
             self._worker_set.kill_all()
-            self._backend.close()
+            self._start_method.close()
             self._close_fds()
             raise
         self._executor_ref = weakref.ref(executor, lambda _: self.request_stop())
@@ -246,7 +246,7 @@ class Dispatcher(Sending, WorkerEvents):
         finally:
             # Each step on its own: one that fails must not skip the next (a future left
             # unresolved, a descriptor left open).
-            for step in (self._fail_leftovers, self._force_done.set, self._backend.close):
+            for step in (self._fail_leftovers, self._force_done.set, self._start_method.close):
                 try:
                     step()
                 except BaseException:

@@ -41,12 +41,12 @@ class DispatcherCore:
 
     def __init__(
         self,
-        backend: StartMethod,
+        start_method: StartMethod,
         max_workers: int,
         config_blob: bytes,
         max_tasks_per_child: Optional[int],
     ) -> None:
-        self._backend = backend
+        self._start_method = start_method
         self._max_workers = max_workers
         self._config_blob = config_blob
         self._max_tasks_per_child = max_tasks_per_child
@@ -62,7 +62,7 @@ class DispatcherCore:
         #: A task with a priority was submitted: submits then keep the priority rule.
         self._prioritized = False
         self._selector = selectors.DefaultSelector()
-        self._worker_set = WorkerSet(backend, config_blob, max_tasks_per_child, self._selector)
+        self._worker_set = WorkerSet(start_method, config_blob, max_tasks_per_child, self._selector)
         self._workers = self._worker_set.by_pid  # pid -> handle, of every live worker
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):

@@ -171,7 +171,7 @@ class WorkerEvents(DispatcherCore):
 
     def _on_startup_death(self, worker: WorkerHandle, exitcode: Optional[int]) -> None:
         """A worker died before it was ready: retry a little, then declare the pool broken."""
-        why = self._startup_failures.worker_died(worker.pid, exitcode, self._backend.name)
+        why = self._startup_failures.worker_died(worker.pid, exitcode, self._start_method.name)
         if why is not None:
             self._break(BrokenProcessPool(why))
             return

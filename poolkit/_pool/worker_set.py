@@ -26,12 +26,12 @@ class WorkerSet:
 
     def __init__(
         self,
-        backend: StartMethod,
+        start_method: StartMethod,
         config_blob: bytes,
         max_tasks_per_child: Optional[int],
         selector: selectors.BaseSelector,
     ) -> None:
-        self._backend = backend
+        self._start_method = start_method
         self._config_blob = config_blob
         self._max_tasks_per_child = max_tasks_per_child
         self._selector = selector
@@ -59,7 +59,7 @@ class WorkerSet:
         long_lived = in_dispatcher_thread or threading.current_thread() is threading.main_thread()
         with mask:
             worker = WorkerHandle.start(
-                self._backend, self._config_blob, self._max_tasks_per_child, long_lived
+                self._start_method, self._config_blob, self._max_tasks_per_child, long_lived
             )
         worker.running.release_worker_copy()  # the worker has its own copy now
         self.by_pid[worker.pid] = worker
