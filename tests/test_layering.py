@@ -14,31 +14,23 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "poolkit"
 
-#: Each layer, by the first name under ``poolkit``, and the layers it must never import.
-#: The worker and the wire run in worker processes: nothing of the parent's side. The pool
-#: (the dispatcher thread) does not know which executor drives it. Start methods start
+#: What runs in a worker process (the worker and the wire) never imports: the parent's side.
+PARENT_SIDE = {
+    "_pool",
+    "_executor",
+    "_executor_base",
+    "_map",
+    "_dask",
+    "_lifecycle",
+    "_run",
+    "_error_messages",
+}
+#: Each layer, by the first name under ``poolkit``, and the layers it must never import. The
+#: pool (the dispatcher thread) does not know which executor drives it. Start methods start
 #: workers and know nothing of the pool that asks.
 FORBIDDEN = {
-    "_worker": {
-        "_pool",
-        "_executor",
-        "_executor_base",
-        "_map",
-        "_dask",
-        "_lifecycle",
-        "_run",
-        "_error_messages",
-    },
-    "_wire": {
-        "_pool",
-        "_executor",
-        "_executor_base",
-        "_map",
-        "_dask",
-        "_lifecycle",
-        "_run",
-        "_error_messages",
-    },
+    "_worker": PARENT_SIDE,
+    "_wire": PARENT_SIDE,
     "_pickling": {"_pool", "_executor", "_executor_base", "_map", "_dask", "_lifecycle"},
     "_start_methods": {"_pool", "_executor", "_executor_base", "_map", "_dask", "_lifecycle"},
     "_pool": {"_executor", "_executor_base", "_map", "_dask", "_lifecycle", "_run"},
