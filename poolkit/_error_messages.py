@@ -293,6 +293,57 @@ def dask_cancelled(reason: str) -> BrokenProcessPool:
     return BrokenProcessPool(f"dask cancelled the task ({reason}); it did not complete")
 
 
+def dispatcher_failed(exc: BaseException) -> BrokenProcessPool:
+    """The pool's error when its dispatcher loop itself raised."""
+    error = BrokenProcessPool(f"the poolkit dispatcher failed: {safe_str(exc, repr)}")
+    set_cause(error, exc)
+    return error
+
+
+def replacement_failed(exc: BaseException) -> BrokenProcessPool:
+    """The pool's error when a replacement worker could not be started."""
+    error = BrokenProcessPool(f"could not start a replacement worker: {safe_str(exc, repr)}")
+    set_cause(error, exc)
+    return error
+
+
+def initializer_failed(pid: int, cause: BaseException) -> BrokenProcessPool:
+    """The pool's error when a worker's initializer raised ``cause``."""
+    error = BrokenProcessPool(
+        f"the initializer failed in worker {pid} "
+        f"({type(cause).__name__}: {safe_str(cause)}); the pool cannot start workers"
+    )
+    set_cause(error, cause)
+    return error
+
+
+def startup_failed_reason(
+    pid: int, exitcode: Optional[int], in_a_row: int, start_method: str
+) -> str:
+    """Why the pool gives up after ``in_a_row`` workers ended by themselves while starting."""
+    hint = ""
+    if start_method != "fork":  # fork alone does not import the main module again
+        hint = (
+            f" Under {start_method}, a script must create the executor under "
+            "`if __name__ == '__main__':`."
+        )
+    return (
+        f"worker {pid} {describe_exit(exitcode)} while starting up (in the initializer, "
+        f"or before it; its stderr says why), {in_a_row} times in a row; the pool "
+        f"cannot start workers.{hint}"
+    )
+
+
+def result_unpickling_failed(fn_name: str, pid: int, exc: BaseException) -> DeserializationError:
+    """A task's result from worker ``pid`` could not be unpickled in the parent."""
+    error = DeserializationError(
+        f"the result of {fn_name}() from worker {pid} could not be unpickled: "
+        f"{type(exc).__name__}: {safe_str(exc)}"
+    )
+    set_cause(error, exc)
+    return error
+
+
 def stopped_error(task: TaskState, pid: int, killed: bool) -> BaseException:
     """The error of a task stopped by ``Executor.stop()``."""
     how = f"its worker (pid {pid}) was killed" if killed else "it never ran"

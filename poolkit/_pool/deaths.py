@@ -32,6 +32,7 @@ from poolkit._error_messages import (
     collateral_error,
     crash_error,
     name_exception,
+    startup_failed_reason,
     unstarted_crash_error,
 )
 from poolkit._errors import describe_exit
@@ -194,14 +195,4 @@ class StartupFailures:
             self.in_a_row += 1
         if killed or self.in_a_row < self.LIMIT:
             return None
-        hint = ""
-        if start_method != "fork":
-            hint = (
-                f" Under {start_method}, a script must create the executor under "
-                "`if __name__ == '__main__':`."
-            )
-        return (
-            f"worker {pid} {describe_exit(exitcode)} while starting up (in the initializer, "
-            f"or before it; its stderr says why), {self.in_a_row} times in a row; the pool "
-            f"cannot start workers.{hint}"
-        )
+        return startup_failed_reason(pid, exitcode, self.in_a_row, start_method)

@@ -69,8 +69,8 @@ import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
-from poolkit._error_messages import stopped_error, timeout_error
-from poolkit._errors import BrokenProcessPool, TaskStopped, safe_str, set_cause
+from poolkit._error_messages import dispatcher_failed, stopped_error, timeout_error
+from poolkit._errors import TaskStopped
 from poolkit._pool.claims import take_back_below
 from poolkit._pool.sending import Sending
 from poolkit._pool.state import PoolState
@@ -260,8 +260,7 @@ class Dispatcher(Sending, WorkerEvents):
             logger.exception("poolkit dispatcher failed")
         except BaseException:
             pass  # a logging handler that raises must not stop the cleanup
-        error = BrokenProcessPool(f"the poolkit dispatcher failed: {safe_str(exc, repr)}")
-        set_cause(error, exc)
+        error = dispatcher_failed(exc)
         try:
             self._break(error)
         finally:

@@ -22,8 +22,8 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
-from poolkit._error_messages import not_run_error
-from poolkit._errors import BrokenProcessPool, safe_str, set_cause
+from poolkit._error_messages import not_run_error, replacement_failed
+from poolkit._errors import BrokenProcessPool
 from poolkit._pool.claims import notify_cancelled
 from poolkit._pool.deaths import StartupFailures
 from poolkit._pool.pending import PendingQueue
@@ -169,11 +169,7 @@ class DispatcherCore:
         try:
             self._start_worker()
         except Exception as exc:
-            error = BrokenProcessPool(
-                f"could not start a replacement worker: {safe_str(exc, repr)}"
-            )
-            set_cause(error, exc)
-            self._break(error)
+            self._break(replacement_failed(exc))
 
     # ------------------------------------------- the pool's transitions (_pool.state)
 

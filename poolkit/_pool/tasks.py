@@ -8,7 +8,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from poolkit._error_messages import rebuild_exception as rebuild_exception  # the dispatcher's too
-from poolkit._errors import DeserializationError, safe_str, set_cause
+from poolkit._error_messages import result_unpickling_failed
 from poolkit._pickling import serialization as serialization
 from poolkit._pool import completion as completion
 from poolkit._wire.buffers import HeldBuffers
@@ -145,12 +145,7 @@ def resolve(task: TaskState, message: WorkerMessage, pid: int) -> None:
     try:
         value = serialization.loads(message.payload, message.buffers)
     except BaseException as exc:  # SystemExit too: it must not end the dispatcher
-        error = DeserializationError(
-            f"the result of {task.fn_name}() from worker {pid} could not be unpickled: "
-            f"{type(exc).__name__}: {safe_str(exc)}"
-        )
-        set_cause(error, exc)
-        fail(task, error)
+        fail(task, result_unpickling_failed(task.fn_name, pid, exc))
         return
     task.settle()
     future = task.future

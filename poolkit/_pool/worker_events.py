@@ -13,7 +13,8 @@ import logging
 import time
 from typing import Optional
 
-from poolkit._errors import BrokenProcessPool, TaskStopped, describe_exit, safe_str, set_cause
+from poolkit._error_messages import initializer_failed
+from poolkit._errors import BrokenProcessPool, TaskStopped, describe_exit
 from poolkit._pool.claims import note_next_started
 from poolkit._pool.deaths import last_task, log_death, settle_held_tasks
 from poolkit._pool.dispatcher_core import DispatcherCore
@@ -134,12 +135,9 @@ class WorkerEvents(DispatcherCore):
 
     def _on_initializer_failure(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         cause = rebuild_exception(message, "the initializer's exception")
-        error = BrokenProcessPool(
-            f"the initializer failed in worker {worker.pid} "
-            f"({type(cause).__name__}: {safe_str(cause)}); the pool cannot start workers"
-        )
-        set_cause(error, cause)
-        self._break(error, spare=worker)  # it reported, and is exiting by itself
+        self._break(
+            initializer_failed(worker.pid, cause), spare=worker
+        )  # it reported, and is exiting by itself
 
     def _on_worker_exit(self, worker: WorkerHandle) -> None:
         """The worker's death descriptor fired: settle what it held, replace it."""
