@@ -7,9 +7,12 @@ import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import select
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -66,6 +69,16 @@ def _infrastructure() -> set[int]:
         if pid:
             pids.add(pid)
     return pids
+
+
+def run_script(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as a script of its own (the tests' modules importable); its outcome."""
+    script = tmp_path / "left_open.py"
+    script.write_text(code)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 def wait_gone(pids: set[int], timeout: float) -> set[int]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import os
-import subprocess
 import sys
 import textwrap
 import threading
@@ -14,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import wait_gone
+from conftest import run_script, wait_gone
 
 from poolkit import _lifecycle as lifecycle
 
@@ -154,12 +152,7 @@ def test_an_executor_left_open_finishes_its_work_under_the_atexit_fallback(
                 ex.submit(tasks.write_file, {str(tmp_path)!r} + f"/done-{{i}}", "done")
         """
     )
-    script = tmp_path / "left_open.py"
-    script.write_text(code)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
-    )
+    proc = run_script(tmp_path, code)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.glob("done-*")) == [f"done-{i}" for i in range(10)]

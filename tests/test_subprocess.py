@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import wait_gone
+from conftest import run_script, wait_gone
 
 PROGRAM = """
 from poolkit import Executor
@@ -113,12 +113,7 @@ def test_executor_left_open_at_interpreter_exit(start_method: str, tmp_path: Pat
                 lambda f: print("DONE", flush=True))
         """
     )
-    script = tmp_path / "left_open.py"
-    script.write_text(code)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
-    )
+    proc = run_script(tmp_path, code)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "DONE" in proc.stdout
